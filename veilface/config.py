@@ -1,0 +1,133 @@
+"""One settings object, read from ``VEILFACE_*`` environment variables.
+
+Every setting has a documented default that needs no server: a SQLite file as the
+ciphertext store and Celery's filesystem transport as the queue. Production points
+``VEILFACE_DATABASE_URL`` at MySQL/MariaDB and ``VEILFACE_BROKER_URL`` at Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_var_dir() -> Path:
+    return _REPO_ROOT / "var"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration shared by the gateway, the workers and the CLI.
+
+    Attribute ``foo_bar`` is read from the environment variable ``VEILFACE_FOO_BAR``.
+    """
+
+    #: Working directory for the embedded defaults (SQLite file, queue folders, keys).
+    var_dir: Path = field(default_factory=_default_var_dir)
+    #: Read-only folder with ``data/`` (LFW, CFP) and ``models/`` (ONNX weights).
+    shared_dir: Path = _REPO_ROOT.parent / "shared"
+    #: SQLAlchemy URL of the ciphertext store; empty means ``sqlite:///{var_dir}/veilface.db``.
+    database_url: str = ""
+    #: Celery broker; empty means the filesystem transport under ``{var_dir}/queue``.
+    broker_url: str = ""
+    #: Celery result backend; empty means the broker for Redis, else ``file://{var_dir}/results``.
+    result_backend: str = ""
+    #: Folder of the CKKS key files: ``public.ctx`` (workers) and ``secret.ctx`` (gateway only).
+    key_dir: Path | None = None
+    #: Folder of the versioned model registry (``registry.json`` plus ONNX files).
+    model_dir: Path | None = None
+    #: Recogniser used when the registry names none: a file under ``{shared_dir}/models``.
+    recognizer: str = "edgeface_xs"
+    #: Face detector file under ``{shared_dir}/models``.
+    detector: str = "scrfd_2.5g_bnkps"
+    #: Average the embedding of the face and of its mirror image.
+    flip_fusion: bool = True
+    #: Threads ONNX Runtime may use per session.
+    onnx_threads: int = 1
+    #: API key created with admin scope when the gateway starts (empty: none).
+    bootstrap_api_key: str = ""
+    #: Largest accepted upload in bytes.
+    max_upload_bytes: int = 16 * 1024 * 1024
+    #: Largest accepted image in pixels (width x height), checked before decoding.
+    max_image_pixels: int = 40_000_000
+    #: Seconds the gateway waits for a worker answer before replying 503.
+    task_timeout_s: float = 60.0
+    #: Seconds after which a worker that sent no heartbeat counts as gone.
+    worker_ttl_s: float = 30.0
+    #: Templates in the delta of a gallery that trigger a compaction.
+    compaction_threshold: int = 64
+    #: Requests per minute allowed for one API key (0: unlimited).
+    rate_limit_per_minute: int = 0
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'veilface.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return f"file://{self.var_dir / 'results'}"
+
+    @property
+    def queue_dir(self) -> Path:
+        """Folder of the filesystem transport (used only when no broker URL is set)."""
+        return self.var_dir / "queue"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.key_dir or self.var_dir / "keys"
+
+    @property
+    def public_context_path(self) -> Path:
+        return self.keys_path / "public.ctx"
+
+    @property
+    def secret_context_path(self) -> Path:
+        return self.keys_path / "secret.ctx"
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or self.var_dir / "models"
+
+    @property
+    def shared_models_dir(self) -> Path:
+        return self.shared_dir / "models"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.shared_dir / "data"
+
+
+def _parse(kind: type | str, raw: str):
+    kind = str(kind)
+    if "bool" in kind:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if "int" in kind:
+        return int(raw)
+    if "float" in kind:
+        return float(raw)
+    if "Path" in kind:
+        return Path(raw) if raw else None
+    return raw
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``), then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Settings):
+        raw = environ.get(f"VEILFACE_{f.name.upper()}")
+        if raw is not None:
+            values[f.name] = _parse(f.type, raw)
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,62 @@
+"""Engine and session handling for the ciphertext store (MySQL/MariaDB, or SQLite by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from veilface.config import Settings
+from veilface.store.models import Base
+
+SCHEMA_SQL = Path(__file__).resolve().parent.parent.parent / "sql" / "schema.sql"
+
+
+def make_engine(settings: Settings) -> Engine:
+    """Create the engine for ``settings.sqlalchemy_url`` (SQLite folders are created)."""
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_size=5, max_overflow=10)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables: ``sql/schema.sql`` on MySQL/MariaDB, the models elsewhere."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        statements = [s.strip() for s in SCHEMA_SQL.read_text().split(";") if s.strip()]
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    else:
+        Base.metadata.create_all(engine)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction: commit on success, roll back on any exception."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
