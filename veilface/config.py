@@ -96,6 +96,11 @@ class Settings:
         return self.keys_path / "secret.ctx"
 
     @property
+    def queue_key_path(self) -> Path:
+        """AES key sealing images on the embed queue: gateway and embedders only."""
+        return self.keys_path / "queue.key"
+
+    @property
     def models_path(self) -> Path:
         return self.model_dir or self.var_dir / "models"
 

@@ -36,7 +36,8 @@ def make_engine(settings: Settings) -> Engine:
 def create_schema(engine: Engine) -> None:
     """Create missing tables: ``sql/schema.sql`` on MySQL/MariaDB, the models elsewhere."""
     if engine.dialect.name in ("mysql", "mariadb"):
-        statements = [s.strip() for s in SCHEMA_SQL.read_text().split(";") if s.strip()]
+        lines = [line.split("--", 1)[0] for line in SCHEMA_SQL.read_text().splitlines()]
+        statements = [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
         with engine.begin() as conn:
             for statement in statements:
                 conn.exec_driver_sql(statement)

@@ -1,0 +1,63 @@
+# Veilface: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+VEILFACE := $(VENV)/bin/veilface
+DATA ?=
+N ?= 65536
+DIM ?= 512
+CONFIG ?= services/trainer/configs/cfp_finetune.toml
+
+.PHONY: venv install install-train demo run test lint bench-he bench-embedder bench-identify eval train compose-config clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv install: $(VENV)/.installed
+
+install-train: install
+	$(PY) -m pip install --quiet -e '.[train]'
+
+keys: install
+	$(VEILFACE) keys init
+
+## demo: embedded defaults (SQLite, filesystem queue); enroll LFW identities, identify, print latency
+demo: install
+	$(PY) -m veilface.demo $(if $(DATA),--data $(DATA),)
+
+## run: the stack as separate processes (gateway on :8080, one embedder, one he-matcher)
+run: install
+	$(PY) -m veilface.stack
+
+## test: ruff, then the whole suite against real MariaDB and Redis
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench-he: install
+	$(PY) -m veilface.bench.he --gallery $(N) --dim $(DIM) --out results/bench-he-$(DIM).json
+
+bench-embedder: install
+	$(PY) -m veilface.bench.embedder --out results/embedder.json
+
+bench-identify: install
+	$(PY) -m veilface.bench.identify --gallery 1000 --out results/identify-latency.json
+
+eval: install
+	$(PY) -m veilface.eval.run --out results/eval.json
+
+train: install-train
+	$(PY) -m veilface.train --data $(DATA) --config $(CONFIG)
+
+compose-config:
+	docker-compose -f deploy/docker-compose.yml config --quiet
+
+clean:
+	rm -rf var results .pytest_cache

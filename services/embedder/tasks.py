@@ -1,0 +1,105 @@
+"""Embedder worker: detect, align and embed faces, then encrypt with the public context.
+
+Start with ``celery -A tasks worker -Q embed --pool solo`` from this folder (``make run``
+does). The plaintext embedding lives only in this process's memory for the length of
+one task; what leaves it is a CKKS ciphertext.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError
+
+from veilface import errors
+from veilface.config import load_settings
+from veilface.crypto.public import encrypt_probe, encrypt_template
+from veilface.face.pipeline import FacePipeline
+from veilface.payload import PayloadSealer
+from veilface.queue import make_celery
+from veilface.registry import ModelRegistry
+from veilface.schemas import (
+    EMBED_QUEUE,
+    TASK_ENROLL,
+    TASK_PROBE,
+    EnrollResult,
+    FaceBox,
+    Probe,
+    b64decode,
+    b64encode,
+    error_payload,
+)
+from veilface.search.layout import place
+from veilface.store import galleries as store
+from veilface.store.db import session_scope
+from veilface.store.models import Template
+from veilface.worker import announce, load_runtime
+from veilface.workers import EMBEDDER
+
+log = logging.getLogger("veilface.embedder")
+
+settings = load_settings()
+app = make_celery(settings)
+runtime = load_runtime(settings)
+model = ModelRegistry(settings).active()
+pipeline = FacePipeline.from_model(settings, model)
+sealer = PayloadSealer.from_file(settings.queue_key_path)
+announce(runtime, EMBEDDER, queue=EMBED_QUEUE, model_version=model.version, provider=pipeline.providers[0])
+
+TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "max_retries": 3}
+
+
+def _image(sealed: str) -> bytes:
+    return sealer.open(b64decode(sealed))
+
+
+@app.task(name=TASK_ENROLL, **TASK_OPTIONS)
+def enroll(gallery_id: int, subject_id: int, image_sha256: str, sealed_image: str, largest: bool) -> dict:
+    """Encrypt the face of one image into the gallery's delta; idempotent per image hash."""
+    try:
+        face = pipeline.select_for_enrollment(pipeline.analyze(_image(sealed_image)), largest=largest)
+    except errors.VeilfaceError as exc:
+        return error_payload(exc)
+    box = FaceBox(face.box, face.score)
+    with session_scope(runtime.sessions) as session:
+        existing = store.find_template(session, gallery_id, subject_id, model.version, image_sha256)
+        if existing is not None:
+            return EnrollResult(existing.id, model.version, box, created=False).to_message()
+        block_no, slot = place(store.next_sequence(session, gallery_id, model.version), model.dim)
+        template = Template(
+            gallery_id=gallery_id,
+            subject_id=subject_id,
+            model_version=model.version,
+            image_sha256=image_sha256,
+            block_no=block_no,
+            slot=slot,
+            state="delta",
+            ciphertext=encrypt_template(runtime.context, face.embedding, slot),
+        )
+        session.add(template)
+        try:
+            session.flush()
+        except IntegrityError:
+            # A redelivered copy of this task enrolled the same image first.
+            session.rollback()
+            existing = store.find_template(session, gallery_id, subject_id, model.version, image_sha256)
+            return EnrollResult(existing.id, model.version, box, created=False).to_message()
+        return EnrollResult(template.id, model.version, box, created=True).to_message()
+
+
+@app.task(name=TASK_PROBE, **TASK_OPTIONS)
+def probe(sealed_image: str) -> list[dict] | dict:
+    """Every face of a query image, each with an encrypted probe unless it failed quality."""
+    try:
+        faces = pipeline.analyze(_image(sealed_image))
+    except errors.VeilfaceError as exc:
+        return error_payload(exc)
+    return [
+        Probe(
+            face=FaceBox(face.box, face.score),
+            model_version=model.version,
+            ciphertext=None if face.quality_reason else b64encode(encrypt_probe(runtime.context, face.embedding)),
+            quality_reason=face.quality_reason,
+        ).to_message()
+        for face in faces
+    ]

@@ -1,0 +1,13 @@
+"""gunicorn settings for the gateway; every value can be overridden by GUNICORN_CMD_ARGS."""
+
+import os
+
+bind = os.environ.get("VEILFACE_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("VEILFACE_GATEWAY_WORKERS", "2"))
+threads = int(os.environ.get("VEILFACE_GATEWAY_THREADS", "4"))
+worker_class = "gthread"
+timeout = 120
+graceful_timeout = 20
+accesslog = "-"
+# Request bodies (face photos) are never logged; only the request line and status.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'

@@ -1,0 +1,123 @@
+"""Fixtures that build real things: MariaDB and Redis, a key set, the stack as processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import MySQLdb
+import pytest
+import redis
+
+from veilface.config import load_settings
+from veilface.stack import Stack
+
+MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
+REDIS_URL = os.environ.get("VEILFACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_mysql_database(name: str) -> str:
+    """Drop and create database ``name`` on the test MariaDB; returns its SQLAlchemy URL."""
+    conn = MySQLdb.connect(host=MYSQL_HOST, user="root", passwd="")
+    try:
+        cur = conn.cursor()
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    finally:
+        conn.close()
+    return f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{name}?charset=utf8mb4"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = load_settings().data_dir
+    assert (path / "lfw" / "images").is_dir(), f"face data missing under {path} (VEILFACE_SHARED_DIR)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def lfw_people(data_dir: Path) -> list[list[Path]]:
+    """LFW identities with at least two photos, each as its sorted photo list."""
+    people = []
+    for folder in sorted((data_dir / "lfw" / "images").iterdir()):
+        photos = sorted(folder.glob("*.jpg"))
+        if len(photos) >= 2:
+            people.append(photos)
+    return people
+
+
+@pytest.fixture(scope="session")
+def key_dir(tmp_path_factory) -> Path:
+    """One CKKS key set and queue key for the whole session (key generation takes seconds)."""
+    from veilface.crypto.params import DEFAULT_PARAMS
+    from veilface.crypto.secret import generate_keyset
+    from veilface.payload import generate_queue_key
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keyset(folder, DEFAULT_PARAMS)
+    generate_queue_key(folder / "queue.key")
+    return folder
+
+
+def _stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEILFACE_")}
+    env.update(
+        VEILFACE_VAR_DIR=str(var_dir),
+        VEILFACE_KEY_DIR=str(key_dir),
+        VEILFACE_BOOTSTRAP_API_KEY=ADMIN_KEY,
+        VEILFACE_SHARED_DIR=str(load_settings().shared_dir),
+        VEILFACE_GATEWAY_WORKERS="2",
+        **extra,
+    )
+    return env
+
+
+def _run_stack(env: dict[str, str], var_dir: Path, matchers: int = 1) -> Iterator[Stack]:
+    stack = Stack(env=env, bind=f"127.0.0.1:{free_port()}", matchers=matchers, log_dir=var_dir / "logs")
+    stack.start()
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql_redis_env(tmp_path_factory, key_dir: Path) -> dict[str, str]:
+    """Production backends: a fresh MariaDB database and a flushed Redis database."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    var_dir = tmp_path_factory.mktemp("var-mysql")
+    return _stack_env(
+        var_dir,
+        key_dir,
+        VEILFACE_DATABASE_URL=fresh_mysql_database("veilface_test"),
+        VEILFACE_BROKER_URL=REDIS_URL,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(mysql_redis_env: dict[str, str]) -> Iterator[Stack]:
+    """The production stack (gunicorn gateway, embedder, he-matcher) on MariaDB + Redis."""
+    yield from _run_stack(mysql_redis_env, Path(mysql_redis_env["VEILFACE_VAR_DIR"]))
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
+    """The stack on the embedded defaults: SQLite file and the filesystem queue."""
+    var_dir = tmp_path_factory.mktemp("var-embedded")
+    yield from _run_stack(_stack_env(var_dir, key_dir), var_dir)
+
+
+@pytest.fixture()
+def admin_headers() -> dict[str, str]:
+    return {"X-API-Key": ADMIN_KEY}

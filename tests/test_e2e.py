@@ -1,0 +1,197 @@
+"""End to end through HTTP on MariaDB + Redis: enroll 50 LFW identities, identify, delete,
+then scan every table and Redis key for a plaintext embedding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import requests
+from sqlalchemy import create_engine, inspect, text
+
+from tests.conftest import REDIS_URL
+from veilface.config import load_settings
+from veilface.face.pipeline import FacePipeline
+from veilface.registry import ModelRegistry
+
+GALLERY = "lfw-e2e"
+N_IDENTITIES = 50
+
+
+def _post(stack, path: str, headers: dict, files: list[tuple[str, Path]], **params) -> requests.Response:
+    opened = [(field, (p.name, p.read_bytes(), "image/jpeg")) for field, p in files]
+    return requests.post(f"{stack.url}{path}", headers=headers, files=opened, params=params, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def enrolled(stack, admin_headers, lfw_people) -> list[list[Path]]:
+    people = lfw_people[:N_IDENTITIES]
+    for photos in people:
+        subject = photos[0].parent.name
+        r = _post(stack, f"/v1/galleries/{GALLERY}/subjects/{subject}/faces", admin_headers,
+                  [("image", photos[0])], face="largest")  # fmt: skip
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["subject"] == subject and body["enrolled"] == 1 and len(body["template_ids"]) == 1
+    return people
+
+
+def test_identify_top1_on_50_lfw_identities(stack, admin_headers, enrolled):
+    correct = 0
+    for photos in enrolled:
+        r = _post(stack, f"/v1/galleries/{GALLERY}/identify", admin_headers, [("image", photos[1])])
+        assert r.status_code == 200, r.text
+        faces = r.json()["faces"]
+        assert faces, f"no face found in {photos[1].name}"
+        best = max(faces, key=lambda f: f["box"][2] * f["box"][3])
+        correct += bool(best["candidates"]) and best["candidates"][0]["subject"] == photos[0].parent.name
+        assert all(-1.0001 <= c["similarity"] <= 1.0001 for c in best["candidates"])
+    assert correct >= 48, f"top-1 correct on {correct} of {len(enrolled)}"
+
+
+def test_enrollment_is_idempotent(stack, admin_headers, enrolled):
+    photos = enrolled[0]
+    path = f"/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces"
+    first = _post(stack, path, admin_headers, [("image", photos[0])], face="largest").json()
+    again = _post(stack, path, admin_headers, [("image", photos[0])], face="largest").json()
+    assert first["template_ids"] == again["template_ids"]
+    subject = requests.get(f"{stack.url}{path[:-6]}", headers=admin_headers, timeout=30).json()
+    assert len(subject["templates"]) == 1
+
+
+def test_deleted_subject_no_longer_matches(stack, admin_headers, enrolled):
+    victim = enrolled[1]
+    name = victim[0].parent.name
+    r = requests.delete(f"{stack.url}/v1/galleries/{GALLERY}/subjects/{name}", headers=admin_headers, timeout=30)
+    assert r.status_code == 200 and r.json()["deleted_templates"] == 1
+    r = _post(stack, f"/v1/galleries/{GALLERY}/identify", admin_headers, [("image", victim[1])])
+    assert r.status_code == 200
+    for face in r.json()["faces"]:
+        assert face["match"] != name
+        assert name not in {c["subject"] for c in face["candidates"]}
+    r = requests.get(f"{stack.url}/v1/galleries/{GALLERY}/subjects/{name}", headers=admin_headers, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_subject"
+
+
+def test_verify_endpoints(stack, admin_headers, enrolled):
+    same, other = enrolled[2], enrolled[3]
+    r = _post(stack, f"/v1/galleries/{GALLERY}/subjects/{same[0].parent.name}/verify", admin_headers,
+              [("image", same[1])])  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["match"] is True
+    r = _post(stack, f"/v1/galleries/{GALLERY}/subjects/{same[0].parent.name}/verify", admin_headers,
+              [("image", other[1])])  # fmt: skip
+    assert r.json()["match"] is False
+    r = _post(stack, "/v1/verify", admin_headers, [("image1", same[0]), ("image2", same[1])])
+    assert r.status_code == 200, r.text
+    assert r.json()["match"] is True
+    r = _post(stack, "/v1/verify", admin_headers, [("image1", same[0]), ("image2", other[0])])
+    assert r.json()["match"] is False and r.json()["similarity"] < r.json()["threshold"]
+
+
+def test_listing(stack, admin_headers, enrolled):
+    galleries = requests.get(f"{stack.url}/v1/galleries", headers=admin_headers, timeout=30).json()["galleries"]
+    assert any(g["name"] == GALLERY and g["subjects"] >= N_IDENTITIES - 1 for g in galleries)
+    body = requests.get(f"{stack.url}/v1/galleries/{GALLERY}/subjects", headers=admin_headers, timeout=30).json()
+    assert {s["subject"] for s in body["subjects"]} >= {p[0].parent.name for p in enrolled[2:]}
+    assert not any(s["needs_reenrollment"] for s in body["subjects"])
+
+
+# -- the dump test ----------------------------------------------------------------------
+
+
+def _contains_vector(buf: bytes, vectors: np.ndarray, tol: float = 1e-3, run: int = 16) -> bool:
+    """Whether ``buf`` holds ``run`` consecutive components of any vector as float32/64."""
+    order = np.argsort(vectors[:, 0])
+    firsts = vectors[order, 0]
+    for dtype, width in ((np.float32, 4), (np.float64, 8)):
+        for offset in range(width):
+            usable = (len(buf) - offset) // width * width
+            if usable < run * width:
+                continue
+            values = np.frombuffer(buf[offset : offset + usable], dtype=dtype)[: -run or None]
+            values = np.nan_to_num(values.astype(np.float64), nan=9.0, posinf=9.0, neginf=9.0)
+            lo = np.searchsorted(firsts, values - tol)
+            hi = np.searchsorted(firsts, values + tol)
+            for start in np.flatnonzero(hi > lo):
+                window = np.frombuffer(buf[offset + start * width : offset + (start + run) * width], dtype=dtype)
+                for k in order[lo[start] : hi[start]]:
+                    if np.all(np.abs(window - vectors[k, :run]) < tol):
+                        return True
+    return False
+
+
+def _contains_vector_text(content: str, vectors: np.ndarray, tol: float = 1e-3, run: int = 16) -> bool:
+    numbers = [float(x) for x in re.findall(r"-?\d+\.\d+(?:[eE]-?\d+)?", content)]
+    if len(numbers) < run:
+        return False
+    values = np.array(numbers)
+    return _contains_vector(values.astype(np.float64).tobytes(), vectors, tol, run)
+
+
+def _expand(blob: bytes, depth: int = 3) -> list[bytes]:
+    """``blob`` plus whatever base64 or JSON it carries, a few levels deep (Celery messages)."""
+    found = [blob]
+    if depth == 0:
+        return found
+    for token in re.findall(rb"[A-Za-z0-9+/=]{64,}", blob):
+        try:
+            decoded = base64.b64decode(token, validate=True)
+        except ValueError:
+            continue
+        found.extend(_expand(decoded, depth - 1))
+    return found
+
+
+def _scan(blob: bytes, vectors: np.ndarray) -> bool:
+    for part in _expand(blob):
+        if _contains_vector(part, vectors):
+            return True
+        try:
+            if _contains_vector_text(part.decode("utf-8"), vectors):
+                return True
+        except UnicodeDecodeError:
+            pass
+    return False
+
+
+def test_no_plaintext_embedding_in_database_or_redis(stack, mysql_redis_env, enrolled):
+    settings = load_settings(mysql_redis_env)
+    pipeline = FacePipeline.from_model(settings, ModelRegistry(settings).active())
+    vectors = []
+    for photos in enrolled[:20]:
+        for photo in photos[:2]:
+            vectors.extend(face.embedding for face in pipeline.analyze(photo.read_bytes()))
+    vectors = np.array(vectors)
+    assert _scan(vectors[3].astype(np.float32).tobytes(), vectors), "the scanner must find a planted vector"
+    assert _scan(json.dumps(vectors[4].tolist()).encode(), vectors), "the scanner must find a JSON vector"
+
+    engine = create_engine(mysql_redis_env["VEILFACE_DATABASE_URL"])
+    scanned_rows = 0
+    with engine.connect() as conn:
+        for table in inspect(engine).get_table_names():
+            for row in conn.execute(text(f"SELECT * FROM `{table}`")):
+                scanned_rows += 1
+                for value in row:
+                    blob = value if isinstance(value, bytes) else str(value).encode()
+                    assert not _scan(blob, vectors), f"plaintext embedding in table {table}"
+    assert scanned_rows > N_IDENTITIES
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(count=500):
+        kind = client.type(key).decode()
+        values = {
+            "string": lambda k: [client.get(k)],
+            "list": lambda k: client.lrange(k, 0, -1),
+            "hash": lambda k: list(client.hgetall(k).values()),
+            "set": lambda k: list(client.smembers(k)),
+            "zset": lambda k: client.zrange(k, 0, -1),
+        }.get(kind, lambda k: [])(key)
+        for value in values:
+            assert not _scan(value or b"", vectors), f"plaintext embedding in Redis key {key!r}"

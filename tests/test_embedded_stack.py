@@ -1,0 +1,103 @@
+"""The stack on its embedded defaults (SQLite, filesystem queue): the demo path, and every
+documented bad input answered with its status and error code while the service keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+GALLERY = "embedded"
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header and a tiny zlib stream claiming ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = b"\x00" + b"\x00" * (width * 3)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _faceless_jpeg() -> bytes:
+    rng = np.random.default_rng(7)
+    gradient = np.linspace(0, 255, 320 * 240 * 3).reshape(240, 320, 3) + rng.normal(0, 3, (240, 320, 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers, lfw_people):
+    people = lfw_people[:3]
+    for photos in people:
+        r = requests.post(
+            f"{embedded_stack.url}/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces",
+            headers=admin_headers, files=[("image", photos[0].read_bytes())], params={"face": "largest"},
+            timeout=120,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+    target = people[2]
+    r = requests.post(f"{embedded_stack.url}/v1/galleries/{GALLERY}/identify", headers=admin_headers,
+                      files=[("image", target[1].read_bytes())], timeout=120)  # fmt: skip
+    assert r.status_code == 200, r.text
+    best = max(r.json()["faces"], key=lambda f: f["box"][2] * f["box"][3])
+    assert best["match"] == target[0].parent.name
+
+
+BAD_INPUTS = [
+    ("empty file", lambda lfw: b"", 415, "invalid_image"),
+    ("text renamed .jpg", lambda lfw: b"this is not an image\n" * 20, 415, "invalid_image"),
+    ("truncated JPEG", lambda lfw: lfw[0][0].read_bytes()[:600], 415, "invalid_image"),
+    ("20000x20000 PNG", lambda lfw: _png_bomb(20000, 20000), 413, "image_too_large"),
+    ("30 MB upload", lambda lfw: b"\xff\xd8" + b"\x00" * (30 * 1024 * 1024), 413, "image_too_large"),
+    ("no face", lambda lfw: _faceless_jpeg(), 422, "no_face"),
+]
+
+
+@pytest.mark.parametrize(("what", "make", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_documented_error(embedded_stack, admin_headers, lfw_people, what, make, status, code):
+    url = f"{embedded_stack.url}/v1/galleries/{GALLERY}/subjects/bad-input/faces"
+    r = requests.post(url, headers=admin_headers, files=[("image", ("x.jpg", make(lfw_people)))], timeout=120)
+    assert r.status_code == status, f"{what}: {r.status_code} {r.text[:200]}"
+    assert r.json()["error"]["code"] == code
+    assert "Traceback" not in r.text
+    assert requests.get(f"{embedded_stack.url}/healthz", timeout=10).status_code == 200
+
+
+def test_missing_or_wrong_api_key_is_401(embedded_stack):
+    url = f"{embedded_stack.url}/v1/galleries"
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+        r = requests.get(url, headers=headers, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+def test_bearer_auth_and_openapi(embedded_stack, admin_headers):
+    key = admin_headers["X-API-Key"]
+    r = requests.get(f"{embedded_stack.url}/v1/galleries", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert r.status_code == 200
+    spec = requests.get(f"{embedded_stack.url}/openapi.json", timeout=10).json()
+    assert "/v1/galleries/{gallery}/identify" in spec["paths"]
+
+
+def test_unknown_gallery_is_404(embedded_stack, admin_headers, lfw_people):
+    r = requests.post(f"{embedded_stack.url}/v1/galleries/nope/identify", headers=admin_headers,
+                      files=[("image", lfw_people[0][0].read_bytes())], timeout=60)  # fmt: skip
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_gallery"
+
+
+def test_readyz_and_metrics(embedded_stack):
+    ready = requests.get(f"{embedded_stack.url}/readyz", timeout=10).json()
+    assert ready["ready"] is True
+    assert ready["checks"]["embedder"]["online"][0]["provider"] == "CPUExecutionProvider"
+    metrics = requests.get(f"{embedded_stack.url}/metrics", timeout=10).text
+    assert "veilface_http_requests_total" in metrics

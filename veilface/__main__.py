@@ -1,0 +1,5 @@
+"""``python -m veilface`` runs the command line."""
+
+from veilface.cli import run
+
+run()

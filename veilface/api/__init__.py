@@ -1,0 +1,47 @@
+"""The gateway's Flask application (``create_app``): HTTP API, health, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from veilface.api import errors as error_handlers
+from veilface.api import health, openapi, v1
+from veilface.api.gateway import Gateway
+from veilface.config import Settings, load_settings
+from veilface.crypto.secret import SecretContext
+from veilface.payload import PayloadSealer
+from veilface.queue import make_celery
+from veilface.store.apikeys import create_api_key
+from veilface.store.db import create_schema, make_engine, session_factory, session_scope
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the gateway app: loads the secret key, creates the schema and bootstrap key."""
+    settings = settings or load_settings()
+    app = Flask("veilface")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False
+
+    engine = make_engine(settings)
+    create_schema(engine)
+    sessions = session_factory(engine)
+    if settings.bootstrap_api_key:
+        with session_scope(sessions) as session:
+            create_api_key(session, "bootstrap", "admin", key=settings.bootstrap_api_key)
+
+    keys = SecretContext.load(settings.secret_context_path)
+    gateway = Gateway(
+        settings, sessions, make_celery(settings), keys, PayloadSealer.from_file(settings.queue_key_path)
+    )
+    app.extensions["veilface"] = gateway
+    log.info("gateway ready: key set %s, database %s", keys.fingerprint[:12], engine.dialect.name)
+
+    error_handlers.register(app)
+    health.register(app)
+    app.register_blueprint(v1.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    return app

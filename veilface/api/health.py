@@ -1,0 +1,98 @@
+"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import text
+
+from veilface.workers import EMBEDDER, MATCHER, live_workers
+
+REQUESTS = Counter("veilface_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
+LATENCY = Histogram(
+    "veilface_http_request_seconds",
+    "HTTP request latency",
+    ["endpoint"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+
+
+def _check_database(gateway) -> dict:
+    with gateway.session() as session:
+        session.execute(text("SELECT 1"))
+    return {"ok": True}
+
+
+def _check_broker(gateway) -> dict:
+    with gateway.celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+    return {"ok": True}
+
+
+def _check_workers(gateway, kind: str) -> dict:
+    with gateway.session() as session:
+        workers = live_workers(session, kind, gateway.settings.worker_ttl_s)
+    good = [w for w in workers if w.key_fingerprint == gateway.keys.fingerprint]
+    foreign = [w.name for w in workers if w.key_fingerprint != gateway.keys.fingerprint]
+    return {
+        "ok": bool(good),
+        "online": [{"name": w.name, "model_version": w.model_version, "provider": w.provider} for w in good],
+        "refused_foreign_keys": foreign,
+    }
+
+
+def _check_model(gateway) -> dict:
+    model = gateway.registry.active()
+    return {"ok": model.path.exists(), "active": model.version, "threshold": model.threshold}
+
+
+def _check_embedder_model(gateway) -> dict:
+    """Embedders must run the active model version, else their probes would be unsearchable."""
+    result = _check_workers(gateway, EMBEDDER)
+    active = gateway.registry.active().version
+    stale = [w["name"] for w in result["online"] if w["model_version"] != active]
+    result["ok"] = result["ok"] and len(stale) < len(result["online"])
+    result["wrong_model_version"] = stale
+    return result
+
+
+def register(app: Flask) -> None:
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        gateway = current_app.extensions["veilface"]
+        checks = {
+            "database": _check_database,
+            "broker": _check_broker,
+            "embedder": _check_embedder_model,
+            "he_matcher": lambda gw: _check_workers(gw, MATCHER),
+            "model": _check_model,
+        }
+        report: dict = {"keys": {"ok": True, "fingerprint": gateway.keys.fingerprint}}
+        for name, check in checks.items():
+            try:
+                report[name] = check(gateway)
+            except Exception as exc:
+                report[name] = {"ok": False, "error": type(exc).__name__}
+        ready = all(item["ok"] for item in report.values())
+        return jsonify({"ready": ready, "checks": report}), 200 if ready else 503
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,49 @@
+"""The Celery application, defined once and shared by the gateway and every worker."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from veilface.config import Settings
+from veilface.schemas import EMBED_QUEUE, MATCH_QUEUE
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Celery app for ``settings``: Redis in production, the filesystem transport by default.
+
+    Tasks are acknowledged late and rejected when their worker dies, so a task lost with
+    a killed worker is delivered again; results expire quickly and carry no plaintext.
+    """
+    app = Celery("veilface", broker=settings.celery_broker_url, backend=settings.celery_result_backend)
+    conf: dict = {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": EMBED_QUEUE,
+        "task_routes": {"veilface.embed.*": {"queue": EMBED_QUEUE}, "veilface.match.*": {"queue": MATCH_QUEUE}},
+        "result_expires": 600,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+    if settings.celery_broker_url.startswith("filesystem"):
+        folder = settings.queue_dir
+        for sub in ("messages", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        (settings.var_dir / "results").mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "messages"),
+            "data_folder_out": str(folder / "messages"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+        conf["worker_enable_remote_control"] = False
+    else:
+        # Redelivery of a task whose worker died without acknowledging it.
+        conf["broker_transport_options"] = {"visibility_timeout": 120}
+        conf["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
+    app.conf.update(conf)
+    return app

@@ -1,0 +1,149 @@
+"""The messages that cross the queues, defined once for the gateway and the workers.
+
+Data flows one way: gateway -> ``embed`` queue -> embedder -> gateway -> ``match``
+queues -> he-matcher -> gateway. Every payload is plain JSON: ciphertexts travel as
+base64 text, never pickled objects, and no message carries a plaintext template.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from veilface import errors
+
+EMBED_QUEUE = "embed"
+MATCH_QUEUE = "match"
+
+TASK_ENROLL = "veilface.embed.enroll"
+TASK_PROBE = "veilface.embed.probe"
+TASK_SEARCH = "veilface.match.search"
+TASK_PAIR = "veilface.match.pair"
+TASK_COMPACT = "veilface.match.compact"
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise errors.InvalidCiphertext("payload is not valid base64") from exc
+
+
+def error_payload(exc: errors.VeilfaceError) -> dict[str, Any]:
+    """How a worker reports an expected failure (no face, bad image) as a task result."""
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
+def raise_for_error(result: Any) -> Any:
+    """Re-raise a worker's :func:`error_payload` on the gateway side; pass anything else."""
+    if isinstance(result, dict) and "error" in result:
+        raise errors.from_code(result["error"]["code"], result["error"]["message"])
+    return result
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """Where a face is: ``box`` is (x, y, w, h) in image pixels, ``score`` the detector's."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    template_id: int
+    model_version: str
+    face: FaceBox
+    created: bool
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> EnrollResult:
+        return cls(
+            template_id=msg["template_id"],
+            model_version=msg["model_version"],
+            face=FaceBox(tuple(msg["face"]["box"]), msg["face"]["score"]),
+            created=msg["created"],
+        )
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One face of a query image with its encrypted probe (``None`` if unusable)."""
+
+    face: FaceBox
+    model_version: str
+    ciphertext: str | None
+    quality_reason: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> Probe:
+        return cls(
+            face=FaceBox(tuple(msg["face"]["box"]), msg["face"]["score"]),
+            model_version=msg["model_version"],
+            ciphertext=msg["ciphertext"],
+            quality_reason=msg.get("quality_reason"),
+        )
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A packed block a matcher shard must score, at the version the gateway expects."""
+
+    block_no: int
+    version: int
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    gallery_id: int
+    model_version: str
+    probe: str
+    blocks: list[BlockRef] = field(default_factory=list)
+    include_delta: bool = False
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> SearchRequest:
+        return cls(
+            gallery_id=msg["gallery_id"],
+            model_version=msg["model_version"],
+            probe=msg["probe"],
+            blocks=[BlockRef(**b) for b in msg["blocks"]],
+            include_delta=msg["include_delta"],
+        )
+
+
+@dataclass(frozen=True)
+class ScoreCiphertext:
+    """An encrypted score vector: slot ``s`` scores the template at ``(block_no, slots[s])``.
+
+    For a packed block ``slots`` is ``None`` (slot ``s`` of the vector is slot ``s`` of the
+    block); delta results list the block slots they cover.
+    """
+
+    block_no: int
+    ciphertext: str
+    slots: list[int] | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> ScoreCiphertext:
+        return cls(**msg)
