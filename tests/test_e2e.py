@@ -68,7 +68,9 @@ def test_enrollment_is_idempotent(stack, admin_headers, enrolled):
 def test_deleted_subject_no_longer_matches(stack, admin_headers, enrolled):
     victim = enrolled[1]
     name = victim[0].parent.name
-    r = requests.delete(f"{stack.url}/v1/galleries/{GALLERY}/subjects/{name}", headers=admin_headers, timeout=30)
+    r = requests.delete(
+        f"{stack.url}/v1/galleries/{GALLERY}/subjects/{name}", headers=admin_headers, timeout=30
+    )
     assert r.status_code == 200 and r.json()["deleted_templates"] == 1
     r = _post(stack, f"/v1/galleries/{GALLERY}/identify", admin_headers, [("image", victim[1])])
     assert r.status_code == 200
@@ -96,9 +98,13 @@ def test_verify_endpoints(stack, admin_headers, enrolled):
 
 
 def test_listing(stack, admin_headers, enrolled):
-    galleries = requests.get(f"{stack.url}/v1/galleries", headers=admin_headers, timeout=30).json()["galleries"]
+    galleries = requests.get(f"{stack.url}/v1/galleries", headers=admin_headers, timeout=30).json()[
+        "galleries"
+    ]
     assert any(g["name"] == GALLERY and g["subjects"] >= N_IDENTITIES - 1 for g in galleries)
-    body = requests.get(f"{stack.url}/v1/galleries/{GALLERY}/subjects", headers=admin_headers, timeout=30).json()
+    body = requests.get(
+        f"{stack.url}/v1/galleries/{GALLERY}/subjects", headers=admin_headers, timeout=30
+    ).json()
     assert {s["subject"] for s in body["subjects"]} >= {p[0].parent.name for p in enrolled[2:]}
     assert not any(s["needs_reenrollment"] for s in body["subjects"])
 
@@ -120,7 +126,9 @@ def _contains_vector(buf: bytes, vectors: np.ndarray, tol: float = 1e-3, run: in
             lo = np.searchsorted(firsts, values - tol)
             hi = np.searchsorted(firsts, values + tol)
             for start in np.flatnonzero(hi > lo):
-                window = np.frombuffer(buf[offset + start * width : offset + (start + run) * width], dtype=dtype)
+                window = np.frombuffer(
+                    buf[offset + start * width : offset + (start + run) * width], dtype=dtype
+                )
                 for k in order[lo[start] : hi[start]]:
                     if np.all(np.abs(window - vectors[k, :run]) < tol):
                         return True

@@ -83,7 +83,9 @@ def test_missing_or_wrong_api_key_is_401(embedded_stack):
 
 def test_bearer_auth_and_openapi(embedded_stack, admin_headers):
     key = admin_headers["X-API-Key"]
-    r = requests.get(f"{embedded_stack.url}/v1/galleries", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    r = requests.get(
+        f"{embedded_stack.url}/v1/galleries", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
     assert r.status_code == 200
     spec = requests.get(f"{embedded_stack.url}/openapi.json", timeout=10).json()
     assert "/v1/galleries/{gallery}/identify" in spec["paths"]

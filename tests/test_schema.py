@@ -10,7 +10,9 @@ from veilface.store.models import Base
 
 
 def _columns(inspector, table: str) -> dict[str, tuple[str, bool]]:
-    return {c["name"]: (str(c["type"]).split("(")[0].upper(), c["nullable"]) for c in inspector.get_columns(table)}
+    return {
+        c["name"]: (str(c["type"]).split("(")[0].upper(), c["nullable"]) for c in inspector.get_columns(table)
+    }
 
 
 def test_models_match_schema_sql():
@@ -22,19 +24,26 @@ def test_models_match_schema_sql():
     for name, table in Base.metadata.tables.items():
         actual = _columns(inspector, name)
         expected = {
-            c.name: (str(c.type.compile(dialect=dialect)).split("(")[0].upper(), c.nullable) for c in table.columns
+            c.name: (str(c.type.compile(dialect=dialect)).split("(")[0].upper(), c.nullable)
+            for c in table.columns
         }
         assert actual == expected, f"columns of {name} differ"
         assert {tuple(c.name for c in table.primary_key.columns)} == {
             tuple(inspector.get_pk_constraint(name)["constrained_columns"])
         }
-        model_uniques = {tuple(c.name for c in u.columns) for u in table.constraints if u.__class__.__name__ == "UniqueConstraint"}
+        model_uniques = {
+            tuple(c.name for c in u.columns)
+            for u in table.constraints
+            if u.__class__.__name__ == "UniqueConstraint"
+        }
         model_uniques |= {(c.name,) for c in table.columns if c.unique}
         sql_uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
         sql_uniques |= {tuple(i["column_names"]) for i in inspector.get_indexes(name) if i["unique"]}
         assert model_uniques == sql_uniques, f"unique keys of {name} differ"
         model_fks = {(fk.parent.name, fk.column.table.name) for fk in table.foreign_keys}
-        sql_fks = {(fk["constrained_columns"][0], fk["referred_table"]) for fk in inspector.get_foreign_keys(name)}
+        sql_fks = {
+            (fk["constrained_columns"][0], fk["referred_table"]) for fk in inspector.get_foreign_keys(name)
+        }
         assert model_fks == sql_fks, f"foreign keys of {name} differ"
     with engine.connect() as conn:
         engines = conn.exec_driver_sql(

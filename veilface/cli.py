@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 
 import click
 
@@ -37,7 +38,9 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option("--force", is_flag=True, help="Replace an existing key set (every template must be re-enrolled).")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing key set (every template must be re-enrolled)."
+)
 @click.pass_obj
 def keys_init(settings: Settings, force: bool) -> None:
     """Create the CKKS key set (secret.ctx for the gateway, public.ctx for workers) and queue.key."""
@@ -66,14 +69,23 @@ def keys_fingerprint(settings: Settings) -> None:
 @click.option("--name", default="cli", show_default=True)
 @click.option("--scope", type=click.Choice(["admin", "read"]), default="admin", show_default=True)
 @click.option("--gallery", default=None, help="Bind the key to one gallery.")
-@click.option("--compreface", is_flag=True, help="A CompreFace-style key: bound to --gallery, used as x-api-key.")
+@click.option(
+    "--compreface", is_flag=True, help="A CompreFace-style key: bound to --gallery, used as x-api-key."
+)
 @click.pass_obj
-def keys_create_api_key(settings: Settings, name: str, scope: str, gallery: str | None, compreface: bool) -> None:
-    """Create an API key and print it (it is stored only as a hash)."""
+def keys_create_api_key(
+    settings: Settings, name: str, scope: str, gallery: str | None, compreface: bool
+) -> None:
+    """Create an API key and print it (it is stored only as a hash).
+
+    A ``--compreface`` key is shaped like a CompreFace service key (a random UUID), which
+    some CompreFace clients check, and acts on its gallery through ``/api/v1``.
+    """
     if compreface and not gallery:
         raise click.UsageError("--compreface needs --gallery")
+    key = str(uuid.uuid4()) if compreface else None
     with session_scope(_sessions(settings)) as session:
-        click.echo(apikeys.create_api_key(session, name, scope, gallery=gallery))
+        click.echo(apikeys.create_api_key(session, name, scope, gallery=gallery, key=key))
 
 
 @keys.command("list-api-keys")

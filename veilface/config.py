@@ -1,7 +1,7 @@
 """One settings object, read from ``VEILFACE_*`` environment variables.
 
 Every setting has a documented default that needs no server: a SQLite file as the
-ciphertext store and Celery's filesystem transport as the queue. Production points
+ciphertext store and kombu's SQLAlchemy transport on SQLite as the queue. Production points
 ``VEILFACE_DATABASE_URL`` at MySQL/MariaDB and ``VEILFACE_BROKER_URL`` at Redis.
 """
 
@@ -31,9 +31,9 @@ class Settings:
     shared_dir: Path = _REPO_ROOT.parent / "shared"
     #: SQLAlchemy URL of the ciphertext store; empty means ``sqlite:///{var_dir}/veilface.db``.
     database_url: str = ""
-    #: Celery broker; empty means the filesystem transport under ``{var_dir}/queue``.
+    #: Celery broker; empty means kombu's SQLAlchemy transport on ``{var_dir}/queue.db``.
     broker_url: str = ""
-    #: Celery result backend; empty means the broker for Redis, else ``file://{var_dir}/results``.
+    #: Celery result backend; empty means the broker for Redis, else ``db+sqlite:///{var_dir}/results.db``.
     result_backend: str = ""
     #: Folder of the CKKS key files: ``public.ctx`` (workers) and ``secret.ctx`` (gateway only).
     key_dir: Path | None = None
@@ -68,7 +68,7 @@ class Settings:
 
     @property
     def celery_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or f"sqla+sqlite:///{self.var_dir / 'queue.db'}"
 
     @property
     def celery_result_backend(self) -> str:
@@ -76,12 +76,7 @@ class Settings:
             return self.result_backend
         if self.celery_broker_url.startswith(("redis://", "rediss://")):
             return self.celery_broker_url
-        return f"file://{self.var_dir / 'results'}"
-
-    @property
-    def queue_dir(self) -> Path:
-        """Folder of the filesystem transport (used only when no broker URL is set)."""
-        return self.var_dir / "queue"
+        return f"db+sqlite:///{self.var_dir / 'results.db'}"
 
     @property
     def keys_path(self) -> Path:

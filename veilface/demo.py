@@ -74,14 +74,18 @@ def main() -> None:
             identify_ms.append((time.perf_counter() - start) * 1000)
             faces = r.json().get("faces", []) if r.ok else []
             best = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
-            top = best["candidates"][0] if best and best["candidates"] else {"subject": "-", "similarity": 0.0}
+            top = (
+                best["candidates"][0] if best and best["candidates"] else {"subject": "-", "similarity": 0.0}
+            )
             ok = top["subject"] == name
             correct += ok
             print(f"identify {photos[1].name:<34} -> {top['subject']:<30} {top['similarity']:+.3f} "
                   f"{'ok' if ok else 'WRONG'} {identify_ms[-1]:7.0f} ms")  # fmt: skip
         print(f"\ntop-1 correct: {correct}/{len(people)}")
         for label, values in (("enroll", enroll_ms), ("identify", identify_ms)):
-            print(f"{label} latency: p50 {statistics.median(values):.0f} ms, p95 {percentile(values, 0.95):.0f} ms")
+            print(
+                f"{label} latency: p50 {statistics.median(values):.0f} ms, p95 {percentile(values, 0.95):.0f} ms"
+            )
     finally:
         stack.stop()
 

@@ -126,9 +126,22 @@ class InvalidCiphertext(VeilfaceError):
 _BY_CODE = {
     cls.code: cls
     for cls in (
-        BadRequest, InvalidImage, ImageTooLarge, NoFace, MultipleFaces, PoorQuality, Unauthorized,
-        Forbidden, NotFound, UnknownSubject, UnknownGallery, Conflict, RateLimited, Unavailable,
-        KeyMismatch, InvalidCiphertext,
+        BadRequest,
+        InvalidImage,
+        ImageTooLarge,
+        NoFace,
+        MultipleFaces,
+        PoorQuality,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        UnknownSubject,
+        UnknownGallery,
+        Conflict,
+        RateLimited,
+        Unavailable,
+        KeyMismatch,
+        InvalidCiphertext,
     )
 }
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.transport import sqlalchemy as sqla_transport
 
 from veilface.config import Settings
 from veilface.schemas import EMBED_QUEUE, MATCH_QUEUE
 
+#: Poll period of the embedded SQLite queue, in seconds.
+SQLA_POLL_S = 0.05
+
 
 def make_celery(settings: Settings) -> Celery:
-    """Celery app for ``settings``: Redis in production, the filesystem transport by default.
+    """Celery app for ``settings``: Redis in production, a SQLite-backed transport by default.
 
     Tasks are acknowledged late and rejected when their worker dies, so a task lost with
     a killed worker is delivered again; results expire quickly and carry no plaintext.
@@ -23,23 +27,20 @@ def make_celery(settings: Settings) -> Celery:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": EMBED_QUEUE,
-        "task_routes": {"veilface.embed.*": {"queue": EMBED_QUEUE}, "veilface.match.*": {"queue": MATCH_QUEUE}},
+        "task_routes": {
+            "veilface.embed.*": {"queue": EMBED_QUEUE},
+            "veilface.match.*": {"queue": MATCH_QUEUE},
+        },
         "result_expires": 600,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
     }
-    if settings.celery_broker_url.startswith("filesystem"):
-        folder = settings.queue_dir
-        for sub in ("messages", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        (settings.var_dir / "results").mkdir(parents=True, exist_ok=True)
-        conf["broker_transport_options"] = {
-            "data_folder_in": str(folder / "messages"),
-            "data_folder_out": str(folder / "messages"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-        }
+    if settings.celery_broker_url.startswith("sqla+"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        # kombu hands every transport option of this transport to create_engine(), so the
+        # poll period (1 s by default: a second per hop) is set on the transport class.
+        sqla_transport.Transport.polling_interval = SQLA_POLL_S
         conf["worker_enable_remote_control"] = False
     else:
         # Redelivery of a task whose worker died without acknowledging it.

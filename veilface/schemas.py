@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from veilface import errors
+from veilface.search.results import ScoreResult
 
 EMBED_QUEUE = "embed"
 MATCH_QUEUE = "match"
@@ -100,50 +101,26 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class BlockRef:
-    """A packed block a matcher shard must score, at the version the gateway expects."""
-
-    block_no: int
-    version: int
-
-
-@dataclass(frozen=True)
 class SearchRequest:
+    """Score ``probe`` on the packed blocks and deltas numbered ``blocks`` of one gallery."""
+
     gallery_id: int
     model_version: str
     probe: str
-    blocks: list[BlockRef] = field(default_factory=list)
-    include_delta: bool = False
+    blocks: list[int] = field(default_factory=list)
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> SearchRequest:
-        return cls(
-            gallery_id=msg["gallery_id"],
-            model_version=msg["model_version"],
-            probe=msg["probe"],
-            blocks=[BlockRef(**b) for b in msg["blocks"]],
-            include_delta=msg["include_delta"],
-        )
-
-
-@dataclass(frozen=True)
-class ScoreCiphertext:
-    """An encrypted score vector: slot ``s`` scores the template at ``(block_no, slots[s])``.
-
-    For a packed block ``slots`` is ``None`` (slot ``s`` of the vector is slot ``s`` of the
-    block); delta results list the block slots they cover.
-    """
-
-    block_no: int
-    ciphertext: str
-    slots: list[int] | None = None
-
-    def to_message(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> ScoreCiphertext:
         return cls(**msg)
+
+
+def score_to_message(result: ScoreResult) -> dict[str, Any]:
+    """A matcher's score ciphertext as a queue message (the ciphertext as base64)."""
+    return {**asdict(result), "slots": list(result.slots), "ciphertext": b64encode(result.ciphertext)}
+
+
+def score_from_message(msg: dict[str, Any]) -> ScoreResult:
+    return ScoreResult(**{**msg, "slots": tuple(msg["slots"]), "ciphertext": b64decode(msg["ciphertext"])})

@@ -8,7 +8,10 @@ cached, so adding a worker adds throughput without restarting or reloading the r
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _weight(worker: str, key: str) -> int:
@@ -20,9 +23,9 @@ def owner(workers: Sequence[str], key: str) -> str:
     return max(workers, key=lambda w: _weight(w, key))
 
 
-def assign(workers: Sequence[str], keys: Sequence[str]) -> dict[str, list[str]]:
-    """``worker -> keys it owns``, for every worker (possibly with an empty list)."""
-    plan: dict[str, list[str]] = {w: [] for w in workers}
-    for key in keys:
-        plan[owner(workers, key)].append(key)
+def assign(workers: Sequence[str], items: Iterable[T], key: Callable[[T], str] = str) -> dict[str, list[T]]:
+    """``worker -> items it owns`` (by ``key(item)``), for every worker, possibly empty."""
+    plan: dict[str, list[T]] = {w: [] for w in workers}
+    for item in items:
+        plan[owner(workers, key(item))].append(item)
     return plan

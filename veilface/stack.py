@@ -1,7 +1,7 @@
 """Run the whole stack locally as real separate processes (``make run``; tests and demo too).
 
 The gateway runs under gunicorn; each embedder and he-matcher is its own Celery worker
-process. With no settings the stack uses the embedded defaults (SQLite file, filesystem
+process. With no settings the stack uses the embedded defaults (SQLite file, SQLite-backed
 queue); with ``VEILFACE_DATABASE_URL`` and ``VEILFACE_BROKER_URL`` the same processes run
 on MySQL/MariaDB and Redis.
 """

@@ -79,4 +79,6 @@ def announce(
         heartbeat.beat()
         heartbeat.start()
         worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
-        log.info("%s %s online (queue %s, model %s, provider %s)", kind, sender, consumed, model_version, provider)
+        log.info(
+            "%s %s online (queue %s, model %s, provider %s)", kind, sender, consumed, model_version, provider
+        )

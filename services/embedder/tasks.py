@@ -44,7 +44,13 @@ runtime = load_runtime(settings)
 model = ModelRegistry(settings).active()
 pipeline = FacePipeline.from_model(settings, model)
 sealer = PayloadSealer.from_file(settings.queue_key_path)
-announce(runtime, EMBEDDER, queue=EMBED_QUEUE, model_version=model.version, provider=pipeline.providers[0])
+announce(
+    runtime,
+    EMBEDDER,
+    queue=EMBED_QUEUE,
+    model_version=model.version,
+    provider=pipeline.providers["recognizer"],
+)
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "max_retries": 3}
 
@@ -88,17 +94,27 @@ def enroll(gallery_id: int, subject_id: int, image_sha256: str, sealed_image: st
 
 
 @app.task(name=TASK_PROBE, **TASK_OPTIONS)
-def probe(sealed_image: str) -> list[dict] | dict:
-    """Every face of a query image, each with an encrypted probe unless it failed quality."""
+def probe(sealed_image: str, as_template: bool = False) -> list[dict] | dict:
+    """Every face of a query image, each encrypted as a probe unless it failed quality.
+
+    ``as_template`` encrypts in the template layout (slot 0) instead: the second photo
+    of a 1:1 comparison.
+    """
     try:
         faces = pipeline.analyze(_image(sealed_image))
     except errors.VeilfaceError as exc:
         return error_payload(exc)
+
+    def encrypt(embedding) -> str:
+        if as_template:
+            return b64encode(encrypt_template(runtime.context, embedding, 0))
+        return b64encode(encrypt_probe(runtime.context, embedding))
+
     return [
         Probe(
             face=FaceBox(face.box, face.score),
             model_version=model.version,
-            ciphertext=None if face.quality_reason else b64encode(encrypt_probe(runtime.context, face.embedding)),
+            ciphertext=None if face.quality_reason else encrypt(face.embedding),
             quality_reason=face.quality_reason,
         ).to_message()
         for face in faces

@@ -6,8 +6,8 @@ import logging
 
 from flask import Flask
 
+from veilface.api import compreface, console, health, openapi, v1
 from veilface.api import errors as error_handlers
-from veilface.api import health, openapi, v1
 from veilface.api.gateway import Gateway
 from veilface.config import Settings, load_settings
 from veilface.crypto.secret import SecretContext
@@ -44,4 +44,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     health.register(app)
     app.register_blueprint(v1.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(console.blueprint)
+    app.register_blueprint(compreface.blueprint)
     return app

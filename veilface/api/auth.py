@@ -49,6 +49,10 @@ def audit(action: str, gallery: str | None, subject: str | None = None, outcome:
     with gateway.session() as session:
         session.add(
             AuditEntry(
-                api_key_id=g.get("api_key_id"), action=action, gallery=gallery, subject=subject, outcome=outcome
+                api_key_id=g.get("api_key_id"),
+                action=action,
+                gallery=gallery,
+                subject=subject,
+                outcome=outcome,
             )
         )

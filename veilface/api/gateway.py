@@ -18,9 +18,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors, sharding
+from veilface.api.ratelimit import RateLimiter
 from veilface.config import Settings
 from veilface.crypto.secret import SecretContext
-from veilface.api.ratelimit import RateLimiter
 from veilface.payload import PayloadSealer
 from veilface.registry import ModelRegistry
 from veilface.schemas import (
@@ -31,16 +31,16 @@ from veilface.schemas import (
     TASK_PAIR,
     TASK_PROBE,
     TASK_SEARCH,
-    BlockRef,
     EnrollResult,
+    FaceBox,
     Probe,
-    ScoreCiphertext,
     SearchRequest,
-    b64decode,
     b64encode,
     raise_for_error,
+    score_from_message,
 )
-from veilface.search.ranking import rank_candidates
+from veilface.search import ranking
+from veilface.search.results import ScoreResult
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.workers import MATCHER, live_workers
@@ -60,6 +60,15 @@ class IdentifiedFace:
     score: float
     candidates: list[Candidate]
     match: str | None
+    quality_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class FaceScore:
+    """One face and its similarity to a reference, ``None`` when the face cannot be matched."""
+
+    face: FaceBox
+    similarity: float | None
     quality_reason: str | None = None
 
 
@@ -154,46 +163,49 @@ class Gateway:
 
     # -- search -----------------------------------------------------------------------
 
-    def probes(self, image: bytes) -> list[Probe]:
-        """Detect every face of ``image`` and encrypt a probe for each usable one."""
-        faces = self._call(TASK_PROBE, [self._sealed(image)], EMBED_QUEUE)
+    def probes(self, image: bytes, *, as_template: bool = False) -> list[Probe]:
+        """Detect every face of ``image`` and encrypt a probe for each usable one.
+
+        ``as_template`` encrypts each face in the template layout instead (slot 0), for a
+        1:1 comparison of two photos.
+        """
+        faces = self._call(TASK_PROBE, [self._sealed(image), as_template], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
-    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> list[ScoreCiphertext]:
-        """Score ``probe`` on every shard; any missing shard makes the whole search fail."""
+    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> list[ScoreResult]:
+        """Score ``probe`` on every shard; any missing shard makes the whole search fail.
+
+        Each block number (its packed block and its delta) goes to one live matcher by
+        rendezvous hashing, so a gallery is spread over all matchers and a new matcher
+        takes over only its share.
+        """
         with self.session() as session:
-            blocks = {b.block_no: b.version for b in store.live_blocks(session, gallery_id, model_version)}
-            has_delta = store.delta_size(session, gallery_id, model_version) > 0
+            block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
             matchers = [
                 w
                 for w in live_workers(session, MATCHER, self.settings.worker_ttl_s)
                 if w.key_fingerprint == self.keys.fingerprint
             ]
-        if not blocks and not has_delta:
+        if not block_nos:
             return []
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
-        names = [w.name for w in matchers]
         queues = {w.name: w.queue for w in matchers}
-        plan = sharding.assign(names, [sharding_key(gallery_id, model_version, b) for b in blocks])
-        delta_owner = sharding.owner(names, sharding_key(gallery_id, model_version, "delta"))
+        plan = sharding.assign(list(queues), block_nos, key=lambda b: f"{gallery_id}:{model_version}:{b}")
         pending = []
-        for name in names:
-            refs = [BlockRef(int(key.rsplit(":", 1)[1]), 0) for key in plan[name]]
-            refs = [BlockRef(r.block_no, blocks[r.block_no]) for r in refs]
-            with_delta = has_delta and name == delta_owner
-            if not refs and not with_delta:
+        for name, blocks in plan.items():
+            if not blocks:
                 continue
-            request = SearchRequest(gallery_id, model_version, probe, refs, with_delta)
+            request = SearchRequest(gallery_id, model_version, probe, blocks)
             try:
                 pending.append(
                     self.celery.send_task(TASK_SEARCH, args=[request.to_message()], queue=queues[name])
                 )
             except BrokerError as exc:
                 raise errors.Unavailable("the task broker is unreachable") from exc
-        scores: list[ScoreCiphertext] = []
+        scores: list[ScoreResult] = []
         for result in pending:
-            scores.extend(ScoreCiphertext.from_message(m) for m in self._wait(result, TASK_SEARCH))
+            scores.extend(score_from_message(m) for m in self._wait(result, TASK_SEARCH))
         return scores
 
     def search(
@@ -203,11 +215,10 @@ class Gateway:
         scores = self._scatter(gallery_id, model_version, probe)
         with self.session() as session:
             owners = store.slot_owners(session, gallery_id, model_version)
-        if subject_filter is not None:
-            owners = {k: v for k, v in owners.items() if v.subject == subject_filter}
-        decrypted = [(s.block_no, s.slots, self.keys.decrypt_scores(b64decode(s.ciphertext))) for s in scores]
-        ranked = rank_candidates(decrypted, {k: v.subject for k, v in owners.items()}, top_k)
-        return [Candidate(subject, similarity) for subject, similarity in ranked]
+        live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
+        decrypted = [(s, self.keys.decrypt_scores(s.ciphertext)) for s in scores]
+        ranked = ranking.top_k(decrypted, live, top_k, self.keys.slots)
+        return [Candidate(subject, round(similarity, 6)) for subject, similarity in ranked]
 
     def identify(
         self, gallery_name: str, image: bytes, *, top_k: int, threshold: float | None
@@ -242,13 +253,20 @@ class Gateway:
 
     def verify_pair(self, image1: bytes, image2: bytes) -> dict:
         """1:1 between two photos; the similarity is computed under encryption too."""
-        first, second = self._single_probe(image1), self._single_probe(image2)
-        result = self._call(TASK_PAIR, [first.ciphertext, second.ciphertext], MATCH_QUEUE)
-        similarity = self.keys.decrypt_pair_score(b64decode(result["ciphertext"]))
-        return self._decision(similarity, first.model_version)
+        first, second = self._single_probe(image1), self._single_probe(image2, as_template=True)
+        return self._decision(self._pair_similarity(first, second), first.model_version)
 
-    def _single_probe(self, image: bytes) -> Probe:
-        probes = self.probes(image)
+    def _pair_similarity(self, probe: Probe, template: Probe) -> float:
+        """Similarity of a probe and a template-layout ciphertext, scored by a matcher."""
+        result = score_from_message(
+            self._call(TASK_PAIR, [probe.ciphertext, template.ciphertext], MATCH_QUEUE)
+        )
+        decrypted = [(result, self.keys.decrypt_scores(result.ciphertext))]
+        ((_, similarity),) = ranking.top_k(decrypted, {(0, 0): "pair"}, 1, self.keys.slots)
+        return round(similarity, 6)
+
+    def _single_probe(self, image: bytes, *, as_template: bool = False) -> Probe:
+        probes = self.probes(image, as_template=as_template)
         if not probes:
             raise errors.NoFace()
         best = max(probes, key=lambda p: p.face.box[2] * p.face.box[3])
@@ -260,12 +278,54 @@ class Gateway:
         cut = self.threshold(model_version)
         return {"match": similarity >= cut, "similarity": round(similarity, 6), "threshold": cut}
 
+    # -- face-level helpers for the CompreFace-compatible API (/api/v1) -----------------
+    # Added for veilface.api.compreface; they reuse the probe, scatter and pair paths above.
 
-def sharding_key(gallery_id: int, model_version: str, block: int | str) -> str:
-    return f"{gallery_id}:{model_version}:{block}"
+    def detect(self, image: bytes) -> list[FaceBox]:
+        """Every face the embedder finds in ``image`` (it also encrypts probes, discarded here)."""
+        return [probe.face for probe in self.probes(image)]
+
+    def verify_template(self, gallery_name: str, template_id: int, image: bytes) -> list[FaceScore]:
+        """Every face of ``image`` scored against one enrolled template, under encryption."""
+        with self.session() as session:
+            gallery = store.get_gallery(session, gallery_name)
+            template, _subject = store.get_live_template(session, gallery, template_id)
+            gallery_id, version, slot = gallery.id, template.model_version, (template.block_no, template.slot)
+        scored = []
+        for probe in self.probes(image):
+            if probe.ciphertext is None:
+                scored.append(FaceScore(probe.face, None, probe.quality_reason))
+                continue
+            if probe.model_version != version:
+                raise errors.Conflict(
+                    f"template {template_id} was made by model {version}, probes by {probe.model_version}; "
+                    "re-enroll the subject"
+                )
+            similarity = self._slot_similarity(gallery_id, version, probe.ciphertext, slot)
+            scored.append(FaceScore(probe.face, similarity))
+        return scored
+
+    def _slot_similarity(self, gallery_id: int, version: str, probe: str, slot: tuple[int, int]) -> float:
+        """Decrypted similarity of ``probe`` to the template in ``(block_no, slot)``."""
+        scores = self._scatter(gallery_id, version, probe)
+        decrypted = [(s, self.keys.decrypt_scores(s.ciphertext)) for s in scores]
+        ranked = ranking.top_k(decrypted, {slot: "template"}, 1, self.keys.slots)
+        if not ranked:
+            raise errors.NotFound("the template was deleted while it was being compared")
+        return ranked[0][1]
+
+    def compare(self, source: bytes, target: bytes) -> tuple[FaceBox, list[FaceScore]]:
+        """The largest face of ``source`` against every face of ``target``, under encryption."""
+        first = self._single_probe(source)
+        scored = []
+        for face in self.probes(target, as_template=True):
+            if face.ciphertext is None:
+                scored.append(FaceScore(face.face, None, face.quality_reason))
+                continue
+            scored.append(FaceScore(face.face, self._pair_similarity(first, face)))
+        return first.face, scored
 
 
 def _box(probe: Probe) -> tuple[list[float], float]:
     face = probe.face.as_dict()
     return face["box"], face["score"]
-

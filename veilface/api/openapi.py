@@ -9,9 +9,20 @@ from veilface import __version__
 blueprint = Blueprint("openapi", __name__)
 
 ERROR_CODES = [
-    "bad_request", "invalid_image", "image_too_large", "no_face", "multiple_faces", "poor_quality",
-    "unauthorized", "forbidden", "not_found", "unknown_subject", "unknown_gallery", "rate_limited",
-    "unavailable", "internal",
+    "bad_request",
+    "invalid_image",
+    "image_too_large",
+    "no_face",
+    "multiple_faces",
+    "poor_quality",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "unknown_subject",
+    "unknown_gallery",
+    "rate_limited",
+    "unavailable",
+    "internal",
 ]
 
 _ERROR = {
@@ -28,7 +39,11 @@ _ERROR = {
 _VERDICT = {
     "type": "object",
     "required": ["match", "similarity", "threshold"],
-    "properties": {"match": {"type": "boolean"}, "similarity": {"type": "number"}, "threshold": {"type": "number"}},
+    "properties": {
+        "match": {"type": "boolean"},
+        "similarity": {"type": "number"},
+        "threshold": {"type": "number"},
+    },
 }
 _BOX = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
 
@@ -47,13 +62,22 @@ def _multipart(*fields: str, array: bool = False) -> dict:
     props = {f: ({"type": "array", "items": binary} if array else binary) for f in fields}
     return {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {"type": "object", "required": list(fields), "properties": props}}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": list(fields), "properties": props}
+            }
+        },
     }
 
 
 def _param(name: str, where: str = "path", schema: dict | None = None, required: bool | None = None) -> dict:
-    return {"name": name, "in": where, "required": where == "path" if required is None else required,
-            "schema": schema or {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/\\x00-\\x1f]+$"}}
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path" if required is None else required,
+        "schema": schema
+        or {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/\\x00-\\x1f]+$"},
+    }
 
 
 GALLERY, SUBJECT = _param("gallery"), _param("subject")
@@ -77,10 +101,22 @@ def document() -> dict:
             "/v1/galleries/{gallery}/subjects/{subject}/faces": {
                 "post": {
                     "summary": "Enroll one or more photos of a subject (gallery created on first use)",
-                    "parameters": [GALLERY, SUBJECT, _param("face", "query", {"type": "string", "enum": ["largest"]})],
+                    "parameters": [
+                        GALLERY,
+                        SUBJECT,
+                        _param("face", "query", {"type": "string", "enum": ["largest"]}),
+                    ],
                     "requestBody": _multipart("image", array=True),
-                    "responses": {**_ok({"type": "object", "required": ["subject", "enrolled", "template_ids", "model_version"]}, "201"),
-                                  **_errors(*IMAGE_ERRORS)},
+                    "responses": {
+                        **_ok(
+                            {
+                                "type": "object",
+                                "required": ["subject", "enrolled", "template_ids", "model_version"],
+                            },
+                            "201",
+                        ),
+                        **_errors(*IMAGE_ERRORS),
+                    },
                 }
             },
             "/v1/galleries/{gallery}/identify": {
@@ -93,41 +129,94 @@ def document() -> dict:
                     ],
                     "requestBody": _multipart("image"),
                     "responses": {
-                        **_ok({"type": "object", "required": ["faces"], "properties": {"faces": {"type": "array", "items": {
-                            "type": "object",
-                            "properties": {"box": _BOX, "score": {"type": "number"}, "match": {"type": ["string", "null"]},
-                                           "candidates": {"type": "array"}}}}}}),
+                        **_ok(
+                            {
+                                "type": "object",
+                                "required": ["faces"],
+                                "properties": {
+                                    "faces": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "box": _BOX,
+                                                "score": {"type": "number"},
+                                                "match": {"type": ["string", "null"]},
+                                                "candidates": {"type": "array"},
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        ),
                         **_errors(*IMAGE_ERRORS, 404),
                     },
                 }
             },
             "/v1/galleries/{gallery}/subjects/{subject}/verify": {
-                "post": {"summary": "Verify a photo against an enrolled subject", "parameters": [GALLERY, SUBJECT],
-                         "requestBody": _multipart("image"), "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS, 404)}}
+                "post": {
+                    "summary": "Verify a photo against an enrolled subject",
+                    "parameters": [GALLERY, SUBJECT],
+                    "requestBody": _multipart("image"),
+                    "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS, 404)},
+                }
             },
             "/v1/verify": {
-                "post": {"summary": "Compare two photos (1:1, no gallery)", "requestBody": _multipart("image1", "image2"),
-                         "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS)}}
+                "post": {
+                    "summary": "Compare two photos (1:1, no gallery)",
+                    "requestBody": _multipart("image1", "image2"),
+                    "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS)},
+                }
             },
-            "/v1/galleries": {"get": {"summary": "List galleries", "responses": {**_ok({"type": "object"}), **_errors(401, 503)}}},
+            "/v1/galleries": {
+                "get": {
+                    "summary": "List galleries",
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 503)},
+                }
+            },
             "/v1/galleries/{gallery}": {
-                "delete": {"summary": "Delete a gallery and every ciphertext in it", "parameters": [GALLERY],
-                           "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)}}
+                "delete": {
+                    "summary": "Delete a gallery and every ciphertext in it",
+                    "parameters": [GALLERY],
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)},
+                }
             },
             "/v1/galleries/{gallery}/subjects": {
-                "get": {"summary": "List subjects (with re-enrollment needs)", "parameters": [GALLERY],
-                        "responses": {**_ok({"type": "object"}), **_errors(401, 404, 503)}}
+                "get": {
+                    "summary": "List subjects (with re-enrollment needs)",
+                    "parameters": [GALLERY],
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 404, 503)},
+                }
             },
             "/v1/galleries/{gallery}/subjects/{subject}": {
-                "get": {"summary": "One subject and its templates", "parameters": [GALLERY, SUBJECT],
-                        "responses": {**_ok({"type": "object"}), **_errors(401, 404, 503)}},
-                "delete": {"summary": "Delete a subject and every ciphertext of it", "parameters": [GALLERY, SUBJECT],
-                           "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)}},
+                "get": {
+                    "summary": "One subject and its templates",
+                    "parameters": [GALLERY, SUBJECT],
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 404, 503)},
+                },
+                "delete": {
+                    "summary": "Delete a subject and every ciphertext of it",
+                    "parameters": [GALLERY, SUBJECT],
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)},
+                },
             },
-            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": _ok({"type": "object"})}},
-            "/readyz": {"get": {"summary": "Readiness of database, broker, workers, keys and model", "security": [],
-                                "responses": {**_ok({"type": "object"}), "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text"}}}},
+            "/healthz": {
+                "get": {"summary": "Liveness", "security": [], "responses": _ok({"type": "object"})}
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness of database, broker, workers, keys and model",
+                    "security": [],
+                    "responses": {**_ok({"type": "object"}), "503": {"description": "not ready"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {"200": {"description": "text"}},
+                }
+            },
         },
     }
 

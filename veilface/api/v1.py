@@ -154,7 +154,11 @@ def get_subject(gallery: str, subject: str):
             "subject": row.name,
             "created_at": row.created_at.isoformat(),
             "templates": [
-                {"template_id": t.id, "model_version": t.model_version, "created_at": t.created_at.isoformat()}
+                {
+                    "template_id": t.id,
+                    "model_version": t.model_version,
+                    "created_at": t.created_at.isoformat(),
+                }
                 for t in templates
             ],
         }

@@ -89,7 +89,7 @@ def main() -> None:
         "identify_p95_s": round(percentile(latencies, 0.95), 3),
         "identify_mean_s": round(statistics.fmean(latencies), 3),
         "database": "sqlite" if not settings.database_url else settings.database_url.split(":")[0],
-        "broker": "filesystem" if not settings.broker_url else settings.broker_url.split(":")[0],
+        "broker": "sqlite" if not settings.broker_url else settings.broker_url.split(":")[0],
         "embedders": args.embedders,
         "matchers": args.matchers,
         "machine": {

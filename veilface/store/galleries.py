@@ -44,18 +44,14 @@ def get_or_create_gallery(session: Session, name: str) -> Gallery:
 
 
 def get_subject(session: Session, gallery: Gallery, name: str) -> Subject:
-    subject = session.scalar(
-        select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == name)
-    )
+    subject = session.scalar(select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == name))
     if subject is None:
         raise errors.UnknownSubject(f"subject {name!r} is not in gallery {gallery.name!r}")
     return subject
 
 
 def get_or_create_subject(session: Session, gallery: Gallery, name: str) -> Subject:
-    subject = session.scalar(
-        select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == name)
-    )
+    subject = session.scalar(select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == name))
     if subject is not None:
         return subject
     try:
@@ -69,9 +65,7 @@ def get_or_create_subject(session: Session, gallery: Gallery, name: str) -> Subj
 
 def list_galleries(session: Session) -> list[dict]:
     """Every gallery with its subject and template counts."""
-    subjects = (
-        select(Subject.gallery_id, func.count().label("n")).group_by(Subject.gallery_id).subquery()
-    )
+    subjects = select(Subject.gallery_id, func.count().label("n")).group_by(Subject.gallery_id).subquery()
     templates = (
         select(Template.gallery_id, func.count().label("n"))
         .where(Template.state.in_(LIVE_STATES))
@@ -183,21 +177,148 @@ def slot_owners(session: Session, gallery_id: int, model_version: str) -> dict[t
     return {(block_no, slot): SlotOwner(tid, name) for block_no, slot, tid, name in rows}
 
 
-def live_blocks(session: Session, gallery_id: int, model_version: str) -> list[Block]:
-    return list(
-        session.scalars(
-            select(Block)
-            .where(Block.gallery_id == gallery_id, Block.model_version == model_version)
-            .order_by(Block.block_no)
-        )
+def searchable_block_numbers(session: Session, gallery_id: int, model_version: str) -> list[int]:
+    """Block numbers holding a packed block or delta templates: the units of sharding."""
+    packed = select(Block.block_no).where(
+        Block.gallery_id == gallery_id, Block.model_version == model_version
     )
+    delta = select(Template.block_no).where(
+        Template.gallery_id == gallery_id, Template.model_version == model_version, Template.state == "delta"
+    )
+    return sorted(set(session.scalars(packed.union(delta))))
 
 
 def delta_size(session: Session, gallery_id: int, model_version: str) -> int:
-    return session.scalar(
-        select(func.count(Template.id)).where(
-            Template.gallery_id == gallery_id,
-            Template.model_version == model_version,
-            Template.state == "delta",
+    return (
+        session.scalar(
+            select(func.count(Template.id)).where(
+                Template.gallery_id == gallery_id,
+                Template.model_version == model_version,
+                Template.state == "delta",
+            )
         )
-    ) or 0
+        or 0
+    )
+
+
+# -- template-level management (used by the CompreFace-compatible API) --------------------
+
+
+@dataclass(frozen=True)
+class TemplateRow:
+    """One live template as listings show it: never its ciphertext."""
+
+    template_id: int
+    subject: str
+    model_version: str
+
+
+def list_templates(
+    session: Session, gallery: Gallery, *, subject: str | None = None, offset: int = 0, limit: int = 20
+) -> tuple[list[TemplateRow], int]:
+    """A page of the live templates of ``gallery`` (oldest first) and the total count.
+
+    ``subject`` narrows the listing to one subject; an unknown subject gives an empty page.
+    """
+    where = [Template.gallery_id == gallery.id, Template.state.in_(LIVE_STATES)]
+    if subject is not None:
+        where.append(Subject.name == subject)
+    total = session.scalar(
+        select(func.count(Template.id)).join(Subject, Subject.id == Template.subject_id).where(*where)
+    )
+    rows = session.execute(
+        select(Template.id, Subject.name, Template.model_version)
+        .join(Subject, Subject.id == Template.subject_id)
+        .where(*where)
+        .order_by(Template.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [TemplateRow(tid, name, version) for tid, name, version in rows], total or 0
+
+
+def get_live_template(session: Session, gallery: Gallery, template_id: int) -> tuple[Template, str]:
+    """A live template of ``gallery`` with its subject's name; NotFound for any other id."""
+    row = session.execute(
+        select(Template, Subject.name)
+        .join(Subject, Subject.id == Template.subject_id)
+        .where(
+            Template.id == template_id,
+            Template.gallery_id == gallery.id,
+            Template.state.in_(LIVE_STATES),
+        )
+    ).first()
+    if row is None:
+        raise errors.NotFound(f"template {template_id} is not in gallery {gallery.name!r}")
+    return row[0], row[1]
+
+
+def tombstone_template(session: Session, template: Template) -> None:
+    """Delete one template: its ciphertext goes at once, the row stays as state 'deleted'.
+
+    The slot is never reused, and :func:`slot_owners` skips tombstones, so a packed copy of
+    the template can no longer be returned by any search.
+    """
+    template.state = "deleted"
+    template.ciphertext = None
+
+
+def purge_tombstones(session: Session, gallery_id: int, subject_id: int, image_sha256: str) -> int:
+    """Drop the tombstones a re-enrollment of the same image would otherwise resolve to.
+
+    Enrollment is idempotent per (subject, model version, image hash) and finds rows of
+    any state; a deleted template must not come back as the answer to a new upload.
+    """
+    result = session.execute(
+        delete(Template).where(
+            Template.gallery_id == gallery_id,
+            Template.subject_id == subject_id,
+            Template.image_sha256 == image_sha256,
+            Template.state == "deleted",
+        )
+    )
+    return result.rowcount or 0
+
+
+def rename_subject(session: Session, gallery: Gallery, subject: Subject, new_name: str) -> Subject:
+    """Give ``subject`` a new name; if that name is taken, merge into the existing subject.
+
+    A merge moves every template to the target subject. Where both subjects hold the same
+    image for the same model version, one row is kept (a live one when there is one).
+    Returns the subject that carries ``new_name`` afterwards.
+    """
+    target = session.scalar(select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == new_name))
+    if target is None or target.id == subject.id:
+        subject.name = new_name
+        return subject
+    _drop_merge_duplicates(session, subject, target)
+    session.execute(update(Template).where(Template.subject_id == subject.id).values(subject_id=target.id))
+    session.delete(subject)
+    return target
+
+
+def _drop_merge_duplicates(session: Session, source: Subject, target: Subject) -> None:
+    """Before a merge, delete one row of every (model version, image) pair both subjects hold."""
+    theirs = {
+        (t.model_version, t.image_sha256): t
+        for t in session.scalars(select(Template).where(Template.subject_id == target.id))
+    }
+    for mine in session.scalars(select(Template).where(Template.subject_id == source.id)):
+        other = theirs.get((mine.model_version, mine.image_sha256))
+        if other is None:
+            continue
+        keep_mine = other.state == "deleted" and mine.state != "deleted"
+        session.delete(other if keep_mine else mine)
+    session.flush()
+
+
+def delete_all_subjects(session: Session, gallery: Gallery) -> int:
+    """Empty ``gallery``: every subject, template and packed block; the gallery itself stays.
+
+    Returns the number of subjects removed.
+    """
+    removed = session.scalar(select(func.count(Subject.id)).where(Subject.gallery_id == gallery.id))
+    session.execute(delete(Template).where(Template.gallery_id == gallery.id))
+    session.execute(delete(Block).where(Block.gallery_id == gallery.id))
+    session.execute(delete(Subject).where(Subject.gallery_id == gallery.id))
+    return removed or 0

@@ -7,7 +7,7 @@ ciphertexts, either one per template while in a gallery's delta
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 #: LONGBLOB on MySQL/MariaDB, BLOB elsewhere.
@@ -56,9 +56,7 @@ class Subject(Base):
     __table_args__ = (UniqueConstraint("gallery_id", "name", name="uq_subject_name"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    gallery_id: Mapped[int] = mapped_column(
-        ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False
-    )
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(String(255), nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
@@ -68,9 +66,7 @@ class SlotCounter(Base):
 
     __tablename__ = "slot_counters"
 
-    gallery_id: Mapped[int] = mapped_column(
-        ForeignKey("galleries.id", ondelete="CASCADE"), primary_key=True
-    )
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
     next_slot: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
@@ -80,18 +76,16 @@ class Template(Base):
 
     __tablename__ = "templates"
     __table_args__ = (
-        UniqueConstraint("gallery_id", "subject_id", "model_version", "image_sha256", name="uq_template_image"),
+        UniqueConstraint(
+            "gallery_id", "subject_id", "model_version", "image_sha256", name="uq_template_image"
+        ),
         UniqueConstraint("gallery_id", "model_version", "block_no", "slot", name="uq_template_slot"),
         Index("ix_templates_state", "gallery_id", "model_version", "state"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    gallery_id: Mapped[int] = mapped_column(
-        ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False
-    )
-    subject_id: Mapped[int] = mapped_column(
-        ForeignKey("subjects.id", ondelete="CASCADE"), nullable=False
-    )
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), nullable=False)
     model_version: Mapped[str] = mapped_column(String(64), nullable=False)
     image_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     block_no: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -110,9 +104,7 @@ class Block(Base):
     __table_args__ = (UniqueConstraint("gallery_id", "model_version", "block_no", name="uq_block"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    gallery_id: Mapped[int] = mapped_column(
-        ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False
-    )
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False)
     model_version: Mapped[str] = mapped_column(String(64), nullable=False)
     block_no: Mapped[int] = mapped_column(Integer, nullable=False)
     dim: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -1,0 +1,104 @@
+"""He-matcher worker: scores encrypted probes against encrypted galleries, compacts deltas.
+
+Start with ``celery -A tasks worker -Q match --pool solo -n matcher1@%h`` from this folder
+(``make run`` does). It holds the public context only (no secret key: it refuses one),
+keeps the blocks the gateway assigns it in memory, and returns encrypted score vectors.
+Scale out by starting more of them: each takes its own direct queue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from veilface import errors
+from veilface.config import load_settings
+from veilface.crypto.codec import Kind, peek_dim
+from veilface.queue import make_celery
+from veilface.schemas import (
+    TASK_COMPACT,
+    TASK_PAIR,
+    TASK_SEARCH,
+    SearchRequest,
+    b64decode,
+    error_payload,
+    score_to_message,
+)
+from veilface.search import repository
+from veilface.search.compaction import compact_block
+from veilface.search.delta import load_template, merge_groups, score_delta
+from veilface.search.engine import MaskCache, prepare_probe
+from veilface.search.results import ScoreResult
+from veilface.search.shard import Shard
+from veilface.store.db import session_scope
+from veilface.worker import announce, load_runtime
+from veilface.workers import MATCHER
+
+log = logging.getLogger("veilface.he-matcher")
+
+settings = load_settings()
+app = make_celery(settings)
+runtime = load_runtime(settings)
+announce(runtime, MATCHER, queue=None, model_version=None, provider="tenseal-cpu")
+
+TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}
+_shards: dict[tuple[int, str], Shard] = {}
+
+
+def _shard(gallery_id: int, model_version: str, dim: int) -> Shard:
+    key = (gallery_id, model_version)
+    shard = _shards.get(key)
+    if shard is None or shard.dim != dim:
+        shard = _shards[key] = Shard(runtime.context, gallery_id, model_version, dim, blocks=())
+    return shard
+
+
+@app.task(name=TASK_SEARCH, **TASK_OPTIONS)
+def search(message: dict) -> list[dict] | dict:
+    """Score one probe on the blocks (packed and delta) the gateway assigned to this worker."""
+    request = SearchRequest.from_message(message)
+    try:
+        probe = b64decode(request.probe)
+        shard = _shard(request.gallery_id, request.model_version, peek_dim(probe))
+        shard.assign(request.blocks)
+        with session_scope(runtime.sessions) as session:
+            shard.refresh(session)
+        return [score_to_message(result) for result in shard.search(probe)]
+    except errors.VeilfaceError as exc:
+        log.warning("search refused: %s", exc.message)
+        return error_payload(exc)
+
+
+@app.task(name=TASK_PAIR, **TASK_OPTIONS)
+def pair(probe_b64: str, template_b64: str) -> dict:
+    """1:1 score of a probe against one template ciphertext (slot 0), both encrypted."""
+    try:
+        probe, template = b64decode(probe_b64), b64decode(template_b64)
+        dim = peek_dim(probe)
+        ctx = runtime.context
+        groups = merge_groups(ctx, dim, [(0, load_template(ctx, template, dim))])
+        scores = score_delta(ctx, groups, prepare_probe(ctx, probe, dim), MaskCache(ctx, dim))
+        result = ScoreResult(0, 0, "delta", dim, (0,), ctx.dumps(scores, Kind.SCORE))
+        return score_to_message(result)
+    except errors.VeilfaceError as exc:
+        return error_payload(exc)
+
+
+@app.task(name=TASK_COMPACT, **TASK_OPTIONS)
+def compact(gallery_id: int, model_version: str) -> dict:
+    """Fold the gallery's delta into its packed blocks, one block per transaction.
+
+    A compaction killed halfway leaves every block either folded or untouched (each
+    block's transaction rolls back as a whole); the next compaction finishes the job.
+    """
+    folded = 0
+    with session_scope(runtime.sessions) as session:
+        pending = repository.delta_index(session, gallery_id, model_version)
+        dims = repository.delta_ciphertexts(session, [pending[0].template_id]) if pending else {}
+    if not pending:
+        return {"folded": 0}
+    dim = peek_dim(next(iter(dims.values())))
+    for block_no in sorted({entry.block_no for entry in pending}):
+        with session_scope(runtime.sessions) as session:
+            folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
+    log.info("compacted %d templates of gallery %d (%s)", folded, gallery_id, model_version)
+    return {"folded": folded}

@@ -1,0 +1,107 @@
+"""Gateway only: key generation, the secret context and decryption of score ciphertexts.
+
+This is the one module that touches the secret key. Workers never import it; a static test
+enforces that only gateway-side code does. It decrypts score ciphertexts, never templates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tenseal as ts
+import tenseal.sealapi as sealapi
+
+from veilface.crypto import codec
+from veilface.crypto.codec import Kind
+from veilface.crypto.params import CkksParams
+from veilface.crypto.public import fingerprint_of
+from veilface.errors import KeyMismatch
+
+_SECRET_MAGIC = b"VFSK1\n"
+
+
+def generate_keyset(key_dir: str | Path, params: CkksParams | None = None) -> str:
+    """Create ``public.ctx`` and ``secret.ctx`` (mode 0600) in ``key_dir``; return the fingerprint.
+
+    The public context holds the public key, the relinearisation key and Galois keys for the
+    power-of-two steps below ``params.max_dim`` only. The secret context holds the secret and
+    public keys and the fingerprint of its public context.
+    """
+    params = params or CkksParams()
+    context = ts.context(
+        ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes)
+    )
+    context.global_scale = params.scale
+    seal = context.seal_context().data
+    galois_tool = seal.key_context_data().galois_tool()
+    keygen = sealapi.KeyGenerator(seal, context.data.secret_key())
+    context.data.generate_galois_keys()
+    keygen.create_galois_keys(
+        [galois_tool.get_elt_from_step(step) for step in params.galois_steps], context.data.galois_keys()
+    )
+    public_blob = context.serialize(save_public_key=True, save_secret_key=False)
+    fingerprint = fingerprint_of(public_blob)
+    secret_blob = context.serialize(
+        save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
+    key_dir = Path(key_dir)
+    key_dir.mkdir(parents=True, exist_ok=True)
+    secret_path = key_dir / "secret.ctx"
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(_SECRET_MAGIC + fingerprint.encode() + secret_blob)
+    os.chmod(secret_path, 0o600)
+    (key_dir / "public.ctx").write_bytes(public_blob)
+    return fingerprint
+
+
+class SecretContext:
+    """The gateway's secret key: decrypts score ciphertexts of its own key set."""
+
+    def __init__(self, fingerprint: str, context: ts.Context):
+        self.fingerprint = fingerprint
+        self._seal = context.seal_context().data
+        self._encoder = sealapi.CKKSEncoder(self._seal)
+        self._decryptor = sealapi.Decryptor(self._seal, context.data.secret_key())
+        packed = self._seal.first_context_data().next_context_data()
+        self._score_levels = [list(packed.parms_id()), list(packed.next_context_data().parms_id())]
+
+    @property
+    def slots(self) -> int:
+        """Slots per ciphertext (score vectors have this many entries)."""
+        return self._encoder.slot_count()
+
+    @classmethod
+    def load(cls, path: str | Path) -> SecretContext:
+        """Load ``secret.ctx`` written by :func:`generate_keyset`."""
+        blob = Path(path).read_bytes()
+        header = len(_SECRET_MAGIC) + 64
+        if not blob.startswith(_SECRET_MAGIC) or len(blob) <= header:
+            raise KeyMismatch("not a Veilface secret context")
+        context = ts.context_from(blob[header:])
+        if not context.has_secret_key():
+            raise KeyMismatch("the secret context holds no secret key")
+        return cls(blob[len(_SECRET_MAGIC) : header].decode(), context)
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Raise :class:`KeyMismatch` unless ``fingerprint`` (a public context's) is this key set's."""
+        if fingerprint != self.fingerprint:
+            raise KeyMismatch(
+                f"public context {fingerprint[:12]} does not match secret key {self.fingerprint[:12]}"
+            )
+
+    def decrypt_scores(self, blob: bytes) -> np.ndarray:
+        """Decrypt one score ciphertext (size 2 or 3) into its complex slot vector."""
+        ciphertext = codec.loads(
+            blob,
+            seal_context=self._seal,
+            fingerprint=self.fingerprint,
+            kind=Kind.SCORE,
+            parms_ids=self._score_levels,
+            sizes=(2, 3),
+        )
+        plain = sealapi.Plaintext()
+        self._decryptor.decrypt(ciphertext, plain)
+        return np.asarray(self._encoder.decode_complex(plain))

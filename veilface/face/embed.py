@@ -1,0 +1,72 @@
+"""Face recognisers on ONNX Runtime: aligned 112x112 crops in, L2-normalised embeddings out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from veilface.face.models import RecognizerSpec
+from veilface.face.runtime import create_session
+
+#: Largest batch sent to the network at once (twice as many crops with flip fusion); bounds memory.
+_MAX_BATCH = 32
+
+
+class Recognizer:
+    """Embeds aligned faces with the recogniser described by ``spec``.
+
+    With ``flip_fusion`` the embedding is the sum of those of the face and of its mirror image, which
+    is slightly more robust to pose. ``provider`` is the ONNX Runtime execution provider in use.
+    """
+
+    def __init__(
+        self,
+        spec: RecognizerSpec,
+        model_path: str | Path,
+        *,
+        threads: int = 1,
+        flip_fusion: bool = True,
+        providers: Sequence[str] | None = None,
+    ):
+        self.spec = spec
+        self.flip_fusion = flip_fusion
+        self._session = create_session(model_path, threads=threads, providers=providers)
+        self.provider: str = self._session.get_providers()[0]
+
+    @property
+    def dim(self) -> int:
+        """Length of one embedding."""
+        return self.spec.dim
+
+    def embed(self, aligned: list[np.ndarray]) -> np.ndarray:
+        """Embed BGR uint8 112x112 crops from :func:`~veilface.face.align.align_face`.
+
+        Returns a float32 ``(len(aligned), dim)`` array whose rows have unit L2 norm.
+        """
+        if not aligned:
+            return np.empty((0, self.dim), dtype=np.float32)
+        batch = self._preprocess(np.stack(aligned))
+        if self.flip_fusion:
+            features = self._run(batch) + self._run(np.ascontiguousarray(batch[..., ::-1]))
+        else:
+            features = self._run(batch)
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def _preprocess(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 NHWC BGR crops to the network's normalised float32 NCHW input."""
+        if self.spec.rgb:
+            crops = crops[..., ::-1]
+        blob = (crops.astype(np.float32) - self.spec.mean) / self.spec.std
+        return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw network output for an NCHW batch, split into chunks the graph accepts."""
+        step = 1 if self.spec.batch_fixed else _MAX_BATCH
+        outputs = [
+            self._session.run([self.spec.output_name], {self.spec.input_name: batch[i : i + step]})[0]
+            for i in range(0, len(batch), step)
+        ]
+        return np.concatenate(outputs).astype(np.float32)
