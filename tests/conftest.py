@@ -16,7 +16,9 @@ from veilface.config import load_settings
 from veilface.stack import Stack
 
 MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
-REDIS_URL = os.environ.get("VEILFACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: Concurrent test sessions (several developers on one machine) must not share queues.
+REDIS_URL = os.environ.get("VEILFACE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}")
+MYSQL_DATABASE = f"veilface_test_{os.getpid()}"
 ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
 
 
@@ -26,16 +28,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fresh_mysql_database(name: str) -> str:
-    """Drop and create database ``name`` on the test MariaDB; returns its SQLAlchemy URL."""
+def _mysql(*statements: str) -> None:
     conn = MySQLdb.connect(host=MYSQL_HOST, user="root", passwd="")
     try:
         cur = conn.cursor()
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        for statement in statements:
+            cur.execute(statement)
     finally:
         conn.close()
+
+
+def fresh_mysql_database(name: str) -> str:
+    """Drop and create database ``name`` on the test MariaDB; returns its SQLAlchemy URL."""
+    _mysql(
+        f"DROP DATABASE IF EXISTS `{name}`",
+        f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    )
     return f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{name}?charset=utf8mb4"
+
+
+def drop_mysql_database(name: str) -> None:
+    _mysql(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +90,7 @@ def _stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:
         VEILFACE_BOOTSTRAP_API_KEY=ADMIN_KEY,
         VEILFACE_SHARED_DIR=str(load_settings().shared_dir),
         VEILFACE_GATEWAY_WORKERS="2",
+        VEILFACE_COMPACTION_THRESHOLD="16",
         **extra,
     )
     return env
@@ -93,16 +107,17 @@ def _run_stack(env: dict[str, str], var_dir: Path, matchers: int = 1) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def mysql_redis_env(tmp_path_factory, key_dir: Path) -> dict[str, str]:
+def mysql_redis_env(tmp_path_factory, key_dir: Path) -> Iterator[dict[str, str]]:
     """Production backends: a fresh MariaDB database and a flushed Redis database."""
     redis.Redis.from_url(REDIS_URL).flushdb()
     var_dir = tmp_path_factory.mktemp("var-mysql")
-    return _stack_env(
+    yield _stack_env(
         var_dir,
         key_dir,
-        VEILFACE_DATABASE_URL=fresh_mysql_database("veilface_test"),
+        VEILFACE_DATABASE_URL=fresh_mysql_database(MYSQL_DATABASE),
         VEILFACE_BROKER_URL=REDIS_URL,
     )
+    drop_mysql_database(MYSQL_DATABASE)
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +133,6 @@ def embedded_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
     yield from _run_stack(_stack_env(var_dir, key_dir), var_dir)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def admin_headers() -> dict[str, str]:
     return {"X-API-Key": ADMIN_KEY}

@@ -170,6 +170,8 @@ class ScriptedGateway:
         return [(f["who"], FaceBox(tuple(f["box"]), f["score"])) for f in json.loads(image)]
 
     def enroll(self, gallery_name, subject_name, images, *, largest):
+        with self.session() as s:  # like Gateway.enroll: the subject first, then the embedder
+            store.get_or_create_subject(s, store.get_or_create_gallery(s, gallery_name), subject_name)
         faces = self._faces(images[0])
         if not faces:
             raise errors.NoFace()
@@ -177,8 +179,8 @@ class ScriptedGateway:
             raise errors.MultipleFaces()
         who = max(faces, key=lambda f: f[1].box[2])[0]
         with self.session() as s:
-            gallery = store.get_or_create_gallery(s, gallery_name)
-            subject = store.get_or_create_subject(s, gallery, subject_name)
+            gallery = store.get_gallery(s, gallery_name)
+            subject = store.get_subject(s, gallery, subject_name)
             digest = hashlib.sha256(images[0]).hexdigest()
             row = store.find_template(s, gallery.id, subject.id, "scripted-1", digest)
             row = row or _template(s, gallery, subject, images[0], "scripted-1")
@@ -257,6 +259,7 @@ def test_add_list_and_delete_examples(api):
     assert api("POST", "/recognition/faces?subject=x", files={"file": photo()})[1]["code"] == 28
     two = photo(("bob", 90, 0.99), ("carol", 40, 0.6))
     assert api("POST", "/recognition/faces?subject=bob", files={"file": two})[1]["code"] == 31
+    assert api("GET", "/recognition/subjects")[1] == {"subjects": ["alice"]}  # failed adds create none
     status, body = api("POST", "/recognition/faces?subject=bob&det_prob_threshold=0.8", files={"file": two})
     assert status == 201
     api(

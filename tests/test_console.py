@@ -22,8 +22,6 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ADMIN_KEY
-
 CHROMIUM = Path(os.environ.get("VEILFACE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,6 +32,7 @@ GALLERY = "console"
 XSS_GALLERY = '"><svg onload=alert(2)>'
 XSS_SUBJECT = "<img src=x onerror=alert(1)>"
 SCRIPT_SUBJECT = "<script>alert(1)</script>"
+GROUP_SUBJECT = "Group photo"
 #: Enrolling and searching wait on the workers; the first call also loads the models.
 SLOW_MS = 120_000
 DESKTOP = {"width": 1280, "height": 900}
@@ -62,6 +61,23 @@ def two_faces_jpeg(left: Path, right: Path) -> bytes:
     canvas.paste(second, (first.width, 0))
     out = io.BytesIO()
     canvas.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def write_y4m(photo: Path, out: Path) -> Path:
+    """``photo`` as a one-frame Y4M video (4:2:0), which Chromium's fake camera plays in a loop."""
+    image = Image.open(photo).convert("RGB")
+    width, height = image.width // 2 * 2, image.height // 2 * 2
+    luma, blue, red = image.crop((0, 0, width, height)).convert("YCbCr").split()
+    chroma = [c.resize((width // 2, height // 2), Image.BILINEAR).tobytes() for c in (blue, red)]
+    header = f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode()
+    out.write_bytes(header + b"FRAME\n" + luma.tobytes() + b"".join(chroma))
+    return out
+
+
+def upscaled_jpeg(photo: Path, side: int) -> bytes:
+    out = io.BytesIO()
+    Image.open(photo).convert("RGB").resize((side, side), Image.BICUBIC).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
@@ -99,8 +115,8 @@ class Watch:
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    """Debian's Chromium through Playwright; a missing piece fails with what to install."""
+def playwright():
+    """Playwright driving Debian's Chromium; a missing piece fails with what to install."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -111,12 +127,17 @@ def chromium():
             "(or set VEILFACE_TEST_CHROMIUM); `playwright install` is not used",
             pytrace=False,
         )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def chromium(playwright):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,24 +157,34 @@ def screenshots() -> Path:
 def sign_in(page, stack, key: str) -> None:
     """Keyboard only: the key field has focus on arrival; type the key and press Enter."""
     page.goto(f"{stack.url}/console/login")
-    page.get_by_test_id("login-key").wait_for()
+    page.wait_for_function("() => document.activeElement?.dataset.testid === 'login-key'")
     page.keyboard.type(key)
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/console/(?!login)"))
 
 
 @pytest.fixture(scope="module")
-def console_tab(chromium, stack) -> Iterator[tuple]:
-    """One signed-in desktop tab shared by the flow tests, in file order."""
+def desktop_tab(chromium, stack) -> Iterator[tuple]:
+    """One desktop tab shared by the flow tests, in file order (its sessionStorage too)."""
     context = chromium.new_context(viewport=DESKTOP)
     page = context.new_page()
     watch = Watch()
     watch.attach(page)
-    sign_in(page, stack, ADMIN_KEY)
     try:
         yield page, watch
     finally:
         context.close()
+
+
+@pytest.fixture()
+def console_tab(desktop_tab, stack, admin_headers) -> tuple:
+    """The shared tab, signed in on first use; what it records starts afresh for each test."""
+    page, watch = desktop_tab
+    if page.url == "about:blank":
+        sign_in(page, stack, admin_headers["X-API-Key"])
+    watch.dialogs.clear()
+    watch.errors.clear()
+    return page, watch
 
 
 def goto(page, stack, name: str) -> None:
@@ -302,7 +333,8 @@ def test_enroll_two_identities_with_boxes_and_per_image_errors(
     first, second, _ = people
     page.get_by_test_id("enroll-gallery").fill(GALLERY)
 
-    page.get_by_test_id("enroll-subject").fill(display_name(first[0]))
+    # A refused first photo still creates the subject, with no template: the Galleries page flags it.
+    page.get_by_test_id("enroll-subject").fill(GROUP_SUBJECT)
     page.get_by_test_id("enroll-photos").set_input_files(
         [jpeg_upload("two-people.jpg", two_faces_jpeg(first[0], second[0]))]
     )
@@ -312,6 +344,7 @@ def test_enroll_two_identities_with_boxes_and_per_image_errors(
     assert "Several faces" in item.get_by_test_id("enroll-item-status").text_content()
 
     page.get_by_test_id("enroll-clear").click()
+    page.get_by_test_id("enroll-subject").fill(display_name(first[0]))
     page.get_by_test_id("enroll-largest").check()
     page.get_by_test_id("enroll-photos").set_input_files([str(first[0]), str(first[1])])
     page.get_by_test_id("enroll-submit").click()
@@ -371,7 +404,50 @@ def test_identify_finds_the_enrolled_person_and_calls_a_stranger_unknown(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
-def test_identify_is_readable_on_a_phone(chromium, stack, admin_headers, people, screenshots):
+def test_webcam_capture_identifies_the_person_in_front_of_the_camera(
+    playwright, stack, admin_headers, people, screenshots, tmp_path
+):
+    first = people[0]
+    video = write_y4m(first[2], tmp_path / "camera.y4m")
+    fake_camera = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+    ]
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + fake_camera)
+    try:
+        page = browser.new_context(viewport=DESKTOP, permissions=["camera"]).new_page()
+        watch = Watch()
+        watch.attach(page)
+        sign_in(page, stack, admin_headers["X-API-Key"])
+        goto(page, stack, "identify")
+        page.get_by_test_id("identify-gallery").fill(GALLERY)
+        page.get_by_test_id("identify-webcam-start").click()
+        capture = page.get_by_test_id("identify-webcam-capture")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=identify-webcam-video]').videoWidth > 0"
+        )
+        assert capture.is_enabled()
+        # The camera hands focus to its Capture button, so Enter takes the picture.
+        assert page.evaluate("document.activeElement.dataset.testid") == "identify-webcam-capture"
+        page.keyboard.press("Enter")
+        wait_for_text(page, "identify-webcam-status", "Captured webcam-1.jpg", timeout=10_000)
+        page.get_by_test_id("identify-submit").click()
+        page.locator(f'[data-testid="identify-face"][data-match="{display_name(first[0])}"]').wait_for(
+            timeout=SLOW_MS
+        )
+        page.screenshot(path=screenshots / "identify-webcam.png", full_page=True)
+        page.get_by_test_id("identify-webcam-stop").click()
+        assert page.get_by_test_id("identify-webcam-video").is_hidden()
+        watch.assert_clean(admin_headers["X-API-Key"])
+    finally:
+        browser.close()
+
+
+def test_identify_is_readable_on_a_phone_with_a_large_photo(
+    chromium, stack, admin_headers, people, screenshots
+):
+    """A 2000-pixel photo on a phone: drawn scaled down, boxes where the API put them."""
     context = chromium.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
     watch = Watch()
@@ -380,9 +456,15 @@ def test_identify_is_readable_on_a_phone(chromium, stack, admin_headers, people,
         sign_in(page, stack, admin_headers["X-API-Key"])
         goto(page, stack, "identify")
         page.get_by_test_id("identify-gallery").fill(GALLERY)
-        page.get_by_test_id("identify-photo").set_input_files(str(people[1][2]))
+        page.get_by_test_id("identify-photo").set_input_files(
+            jpeg_upload("large.jpg", upscaled_jpeg(people[1][2], 2000))
+        )
         page.get_by_test_id("identify-submit").click()
-        page.get_by_test_id("identify-face").first.wait_for(timeout=SLOW_MS)
+        page.locator(f'[data-testid="identify-face"][data-match="{display_name(people[1][0])}"]').wait_for(
+            timeout=SLOW_MS
+        )
+        width, height = page.get_by_test_id("identify-canvas").evaluate("(c) => [c.width, c.height]")
+        assert max(width, height) == 1600
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
         page.screenshot(path=screenshots / "identify-phone.png", full_page=True)
@@ -435,8 +517,9 @@ def test_galleries_list_counts_and_delete_a_subject_after_confirmation(
         )
         assert ui.locator("td").nth(1).text_content() == str(subject["templates"])
         assert (ui.get_by_test_id("needs-reenrollment").count() == 1) == subject["needs_reenrollment"]
-    active = page.get_by_test_id("subjects-summary").text_content()
-    assert "active model" in active
+    stale = [s["subject"] for s in api.values() if s["needs_reenrollment"]]
+    assert page.get_by_test_id("reenroll-summary").is_visible() == bool(stale)
+    assert "active model" in page.get_by_test_id("subjects-summary").text_content()
     page.screenshot(path=screenshots / "galleries.png", full_page=True)
 
     # Keyboard only: Enter opens the dialog with Cancel focused; Escape keeps the subject.

@@ -116,22 +116,24 @@ def _contains_vector(buf: bytes, vectors: np.ndarray, tol: float = 1e-3, run: in
     """Whether ``buf`` holds ``run`` consecutive components of any vector as float32/64."""
     order = np.argsort(vectors[:, 0])
     firsts = vectors[order, 0]
+    steps = np.arange(run)
     for dtype, width in ((np.float32, 4), (np.float64, 8)):
         for offset in range(width):
             usable = (len(buf) - offset) // width * width
             if usable < run * width:
                 continue
-            values = np.frombuffer(buf[offset : offset + usable], dtype=dtype)[: -run or None]
-            values = np.nan_to_num(values.astype(np.float64), nan=9.0, posinf=9.0, neginf=9.0)
-            lo = np.searchsorted(firsts, values - tol)
-            hi = np.searchsorted(firsts, values + tol)
-            for start in np.flatnonzero(hi > lo):
-                window = np.frombuffer(
-                    buf[offset + start * width : offset + (start + run) * width], dtype=dtype
-                )
-                for k in order[lo[start] : hi[start]]:
-                    if np.all(np.abs(window - vectors[k, :run]) < tol):
-                        return True
+            with np.errstate(invalid="ignore", over="ignore"):
+                values = np.frombuffer(buf[offset : offset + usable], dtype=dtype).astype(np.float64)
+            values = np.nan_to_num(values, nan=9.0, posinf=9.0, neginf=9.0)
+            heads = values[: len(values) - run + 1]
+            lo = np.searchsorted(firsts, heads - tol)
+            width_of = np.searchsorted(firsts, heads + tol) - lo
+            for extra in range(int(width_of.max(initial=0))):
+                starts = np.flatnonzero(width_of > extra)
+                windows = values[starts[:, None] + steps]
+                expected = vectors[order[lo[starts] + extra], :run]
+                if np.any(np.all(np.abs(windows - expected) < tol, axis=1)):
+                    return True
     return False
 
 

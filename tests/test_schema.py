@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, inspect
 
-from tests.conftest import fresh_mysql_database
+from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
 from veilface.store.db import create_schema
 from veilface.store.models import Base
 
@@ -16,7 +16,8 @@ def _columns(inspector, table: str) -> dict[str, tuple[str, bool]]:
 
 
 def test_models_match_schema_sql():
-    engine = create_engine(fresh_mysql_database("veilface_test_schema"))
+    name = f"{MYSQL_DATABASE}_schema"
+    engine = create_engine(fresh_mysql_database(name))
     create_schema(engine)
     inspector = inspect(engine)
     assert set(inspector.get_table_names()) == set(Base.metadata.tables)
@@ -50,3 +51,5 @@ def test_models_match_schema_sql():
             "SELECT table_name, engine, table_collation FROM information_schema.tables WHERE table_schema = DATABASE()"
         ).all()
     assert all(e == "InnoDB" and c.startswith("utf8mb4") for _, e, c in engines)
+    engine.dispose()
+    drop_mysql_database(name)

@@ -73,6 +73,13 @@ class ModelRegistry:
             threshold=BUILTIN_THRESHOLDS[name],
         )
 
+    def stamp(self) -> int:
+        """Changes whenever ``registry.json`` is rewritten (0 while there is none)."""
+        try:
+            return self._file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
     def get(self, version: str) -> ModelVersion:
         """The model version called ``version``; raises NotFound for an unknown one."""
         entry = self._read()["versions"].get(version)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery.signals import celeryd_after_setup, worker_shutdown
@@ -53,7 +54,7 @@ def announce(
     kind: str,
     *,
     queue: str | None,
-    model_version: str | None,
+    model_version: Callable[[], str | None],
     provider: str | None,
 ) -> None:
     """Start the heartbeat once Celery has named this worker.
@@ -71,11 +72,10 @@ def announce(
             name=sender,
             kind=kind,
             queue=consumed,
-            model_version=model_version,
             key_fingerprint=runtime.context.fingerprint,
             provider=provider,
         )
-        heartbeat = Heartbeat(runtime.sessions, row)
+        heartbeat = Heartbeat(runtime.sessions, row, model_version)
         heartbeat.beat()
         heartbeat.start()
         worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)

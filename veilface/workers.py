@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import delete, select
@@ -30,12 +31,23 @@ def worker_name(kind: str) -> str:
 
 
 class Heartbeat(threading.Thread):
-    """Upserts this worker's row every ``interval`` seconds until :meth:`stop`."""
+    """Upserts this worker's row every ``interval`` seconds until :meth:`stop`.
 
-    def __init__(self, sessions: sessionmaker[Session], row: Worker, interval: float = 5.0):
+    ``model_version`` is asked at every beat, so an embedder that switched to a newly
+    activated model announces it without a restart.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        row: Worker,
+        model_version: Callable[[], str | None],
+        interval: float = 5.0,
+    ):
         super().__init__(name=f"heartbeat-{row.name}", daemon=True)
         self._sessions = sessions
         self._row = row
+        self._model_version = model_version
         self._interval = interval
         self._stopped = threading.Event()
 
@@ -43,18 +55,16 @@ class Heartbeat(threading.Thread):
         with session_scope(self._sessions) as session:
             row = session.get(Worker, self._row.name)
             if row is None:
-                session.add(
-                    Worker(
-                        name=self._row.name,
-                        kind=self._row.kind,
-                        queue=self._row.queue,
-                        model_version=self._row.model_version,
-                        key_fingerprint=self._row.key_fingerprint,
-                        provider=self._row.provider,
-                    )
+                row = Worker(
+                    name=self._row.name,
+                    kind=self._row.kind,
+                    queue=self._row.queue,
+                    key_fingerprint=self._row.key_fingerprint,
+                    provider=self._row.provider,
                 )
-            else:
-                row.last_seen = utcnow()
+                session.add(row)
+            row.model_version = self._model_version()
+            row.last_seen = utcnow()
 
     def run(self) -> None:
         while not self._stopped.is_set():

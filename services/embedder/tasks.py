@@ -17,7 +17,7 @@ from veilface.crypto.public import encrypt_probe, encrypt_template
 from veilface.face.pipeline import FacePipeline
 from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
-from veilface.registry import ModelRegistry
+from veilface.registry import ModelRegistry, ModelVersion
 from veilface.schemas import (
     EMBED_QUEUE,
     TASK_ENROLL,
@@ -32,7 +32,7 @@ from veilface.schemas import (
 from veilface.search.layout import place
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
-from veilface.store.models import Template
+from veilface.store.models import Gallery, Template
 from veilface.worker import announce, load_runtime
 from veilface.workers import EMBEDDER
 
@@ -41,15 +41,40 @@ log = logging.getLogger("veilface.embedder")
 settings = load_settings()
 app = make_celery(settings)
 runtime = load_runtime(settings)
-model = ModelRegistry(settings).active()
-pipeline = FacePipeline.from_model(settings, model)
 sealer = PayloadSealer.from_file(settings.queue_key_path)
+
+
+class ActiveModel:
+    """The registry's active model version and its pipeline, reloaded when it changes.
+
+    ``veilface models activate`` rewrites the registry; the next task sees the new stamp
+    and loads the new model, so a switch needs no restart of the stack.
+    """
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+        self.stamp = registry.stamp()
+        self.model = registry.active()
+        self.pipeline = FacePipeline.from_model(settings, self.model)
+
+    def current(self) -> tuple[ModelVersion, FacePipeline]:
+        stamp = self.registry.stamp()
+        if stamp != self.stamp:
+            model = self.registry.active()
+            if model.version != self.model.version:
+                log.info("switching model %s -> %s", self.model.version, model.version)
+                self.pipeline = FacePipeline.from_model(settings, model)
+            self.stamp, self.model = stamp, model
+        return self.model, self.pipeline
+
+
+active = ActiveModel(ModelRegistry(settings))
 announce(
     runtime,
     EMBEDDER,
     queue=EMBED_QUEUE,
-    model_version=model.version,
-    provider=pipeline.providers["recognizer"],
+    model_version=lambda: active.model.version,
+    provider=active.pipeline.providers["recognizer"],
 )
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "max_retries": 3}
@@ -60,14 +85,20 @@ def _image(sealed: str) -> bytes:
 
 
 @app.task(name=TASK_ENROLL, **TASK_OPTIONS)
-def enroll(gallery_id: int, subject_id: int, image_sha256: str, sealed_image: str, largest: bool) -> dict:
-    """Encrypt the face of one image into the gallery's delta; idempotent per image hash."""
+def enroll(gallery_id: int, subject_name: str, image_sha256: str, sealed_image: str, largest: bool) -> dict:
+    """Encrypt the face of one image into the gallery's delta; idempotent per image hash.
+
+    The subject is created in the same transaction as its first template, so a refused
+    photo never leaves an empty subject behind.
+    """
+    model, pipeline = active.current()
     try:
         face = pipeline.select_for_enrollment(pipeline.analyze(_image(sealed_image)), largest=largest)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
     box = FaceBox(face.box, face.score)
     with session_scope(runtime.sessions) as session:
+        subject_id = store.get_or_create_subject(session, session.get(Gallery, gallery_id), subject_name).id
         existing = store.find_template(session, gallery_id, subject_id, model.version, image_sha256)
         if existing is not None:
             return EnrollResult(existing.id, model.version, box, created=False).to_message()
@@ -100,6 +131,7 @@ def probe(sealed_image: str, as_template: bool = False) -> list[dict] | dict:
     ``as_template`` encrypts in the template layout (slot 0) instead: the second photo
     of a 1:1 comparison.
     """
+    model, pipeline = active.current()
     try:
         faces = pipeline.analyze(_image(sealed_image))
     except errors.VeilfaceError as exc:

@@ -38,7 +38,7 @@ log = logging.getLogger("veilface.he-matcher")
 settings = load_settings()
 app = make_celery(settings)
 runtime = load_runtime(settings)
-announce(runtime, MATCHER, queue=None, model_version=None, provider="tenseal-cpu")
+announce(runtime, MATCHER, queue=None, model_version=lambda: None, provider="tenseal-cpu")
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}
 _shards: dict[tuple[int, str], Shard] = {}

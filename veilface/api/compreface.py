@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import logging
@@ -35,7 +36,7 @@ from veilface import errors
 from veilface.api.auth import audit, presented_key, require_key
 from veilface.api.errors import RETRY_AFTER_S
 from veilface.api.gateway import FaceScore, IdentifiedFace
-from veilface.api.v1 import MAX_TOP_K, checked_name, gateway, uploaded_images
+from veilface.api.v1 import MAX_TOP_K, checked_subject, gateway, uploaded_images
 from veilface.store import galleries as store
 from veilface.store.models import Gallery, Template
 
@@ -345,7 +346,7 @@ def _json_subject() -> str:
     value = body.get("subject") if isinstance(body, dict) else None
     if not isinstance(value, str) or not value.strip():
         raise CompreFaceError(400, Code.VALIDATION_CONSTRAINT_VIOLATION, "Subject name is empty")
-    return checked_name(value, "subject", 255)
+    return checked_subject(value)
 
 
 def _query_subject(*, required: bool) -> str | None:
@@ -354,7 +355,7 @@ def _query_subject(*, required: bool) -> str | None:
         if required:
             raise CompreFaceError(400, Code.VALIDATION_CONSTRAINT_VIOLATION, "Subject name is empty")
         return None
-    return checked_name(value, "subject", 255)
+    return checked_subject(value)
 
 
 def _live_example(session: Session, gallery: str, image_id: str) -> tuple[Template, str]:
@@ -420,9 +421,7 @@ def add_example(gallery: str):
     threshold = _det_prob_threshold()
     image = _image()
     try:
-        largest = _enrollment_face(image, threshold)
-        _forget_deleted_copy(gallery, subject, image)
-        body = gateway().enroll(gallery, subject, [image], largest=largest)
+        template_id = _enroll(gallery, subject, image, largest=_enrollment_face(image, threshold))
     except errors.VeilfaceError as exc:
         audit("enroll", gallery, subject, exc.code)
         raise
@@ -430,7 +429,7 @@ def add_example(gallery: str):
         audit("enroll", gallery, subject, exc.outcome)
         raise
     audit("enroll", gallery, subject)
-    return jsonify({"image_id": image_id_for(body["template_ids"][0]), "subject": subject}), 201
+    return jsonify({"image_id": image_id_for(template_id), "subject": subject}), 201
 
 
 def _enrollment_face(image: bytes, threshold: float | None) -> bool:
@@ -450,15 +449,37 @@ def _enrollment_face(image: bytes, threshold: float | None) -> bool:
     return len(faces) > 1
 
 
-def _forget_deleted_copy(gallery: str, subject: str, image: bytes) -> None:
-    """Let an image deleted by id be enrolled again for the same subject (see purge_tombstones)."""
+def _enroll(gallery: str, subject: str, image: bytes, *, largest: bool) -> int:
+    """Enroll ``image``; a subject created for it is removed again if it fails, as in CompreFace."""
+    new_subject = _prepare_subject(gallery, subject, image)
+    try:
+        return gateway().enroll(gallery, subject, [image], largest=largest)["template_ids"][0]
+    except errors.VeilfaceError:
+        if new_subject:
+            _drop_if_empty(gallery, subject)
+        raise
+
+
+def _drop_if_empty(gallery: str, subject: str) -> None:
+    with gateway().session() as session:
+        row = store.get_gallery(session, gallery)
+        with contextlib.suppress(errors.UnknownSubject):
+            store.delete_subject_if_empty(session, store.get_subject(session, row, subject))
+
+
+def _prepare_subject(gallery: str, subject: str, image: bytes) -> bool:
+    """Whether ``subject`` is new; if not, let an image deleted by id be enrolled again.
+
+    (A deleted example leaves a tombstone that enrollment would find: see purge_tombstones.)
+    """
     with gateway().session() as session:
         row = store.get_gallery(session, gallery)
         try:
             owner = store.get_subject(session, row, subject)
         except errors.UnknownSubject:
-            return
+            return True
         store.purge_tombstones(session, row.id, owner.id, hashlib.sha256(image).hexdigest())
+    return False
 
 
 @blueprint.get("/recognition/faces", strict_slashes=False)
@@ -630,7 +651,7 @@ def rename_subject(gallery: str, subject: str):
     new_name = body.get("subject") if isinstance(body, dict) else None
     if not isinstance(new_name, str) or not new_name.strip() or new_name == subject:
         return jsonify({"updated": False})
-    checked_name(new_name, "subject", 255)
+    checked_subject(new_name)
     with gateway().session() as session:
         row = store.get_gallery(session, gallery)
         try:

@@ -169,7 +169,7 @@ def ckks_parameters() -> dict[str, Any] | None:
         raw = dict(DEFAULT_PARAMS)
     else:
         raw = {k: v for k, v in vars(DEFAULT_PARAMS).items() if not k.startswith("_")}
-    for derived in ("slots", "block_capacity", "scale"):
+    for derived in ("slots", "block_capacity"):
         if derived not in raw:
             try:
                 raw[derived] = getattr(DEFAULT_PARAMS, derived)

@@ -129,14 +129,12 @@ class Gateway:
     def enroll(self, gallery_name: str, subject_name: str, images: list[bytes], *, largest: bool) -> dict:
         """Enroll every image for a subject (created on first use); all or nothing per image."""
         with self.session() as session:
-            gallery = store.get_or_create_gallery(session, gallery_name)
-            subject = store.get_or_create_subject(session, gallery, subject_name)
-            gallery_id, subject_id = gallery.id, subject.id
+            gallery_id = store.get_or_create_gallery(session, gallery_name).id
         results = [
             EnrollResult.from_message(
                 self._call(
                     TASK_ENROLL,
-                    [gallery_id, subject_id, hashlib.sha256(img).hexdigest(), self._sealed(img), largest],
+                    [gallery_id, subject_name, hashlib.sha256(img).hexdigest(), self._sealed(img), largest],
                     EMBED_QUEUE,
                 )
             )

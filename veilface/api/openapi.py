@@ -80,7 +80,10 @@ def _param(name: str, where: str = "path", schema: dict | None = None, required:
     }
 
 
-GALLERY, SUBJECT = _param("gallery"), _param("subject")
+GALLERY = _param("gallery")
+SUBJECT = _param(
+    "subject", schema={"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f]+$"}
+)
 IMAGE_ERRORS = (400, 401, 403, 413, 415, 422, 429, 503)
 
 

@@ -14,7 +14,8 @@ from veilface.store import galleries as store
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
-_NAME = re.compile(r"^[^\x00-\x1f\x7f/]+$")
+_GALLERY_NAME = re.compile(r"^[^\x00-\x1f\x7f/]+$")
+_SUBJECT_NAME = re.compile(r"^[^\x00-\x1f\x7f]+$")
 MAX_TOP_K = 100
 
 
@@ -22,10 +23,17 @@ def gateway() -> Gateway:
     return current_app.extensions["veilface"]
 
 
-def checked_name(value: str, what: str, limit: int = 128) -> str:
-    """Names are 1..``limit`` printable characters without '/'; anything else is a 400."""
-    if len(value) > limit or not value.strip() or not _NAME.match(value):
-        raise errors.BadRequest(f"{what} must be 1-{limit} printable characters without '/'")
+def checked_gallery(value: str) -> str:
+    """Gallery names are 1-128 printable characters without '/'; anything else is a 400."""
+    if len(value) > 128 or not value.strip() or not _GALLERY_NAME.match(value):
+        raise errors.BadRequest("gallery must be 1-128 printable characters without '/'")
+    return value
+
+
+def checked_subject(value: str) -> str:
+    """Subject names are 1-255 printable characters (any, '/' and markup included)."""
+    if len(value) > 255 or not value.strip() or not _SUBJECT_NAME.match(value):
+        raise errors.BadRequest("subject must be 1-255 printable characters")
     return value
 
 
@@ -75,11 +83,11 @@ def float_arg(name: str) -> float | None:
     return value
 
 
-@blueprint.post("/galleries/<gallery>/subjects/<subject>/faces")
+@blueprint.post("/galleries/<gallery>/subjects/<path:subject>/faces")
 @require_key("admin")
 def enroll(gallery: str, subject: str):
-    checked_name(gallery, "gallery")
-    checked_name(subject, "subject", 255)
+    checked_gallery(gallery)
+    checked_subject(subject)
     images = uploaded_images("image")
     largest = request.args.get("face") == "largest"
     try:
@@ -108,7 +116,7 @@ def _face_json(face) -> dict:
     return body
 
 
-@blueprint.post("/galleries/<gallery>/subjects/<subject>/verify")
+@blueprint.post("/galleries/<gallery>/subjects/<path:subject>/verify")
 @require_key("read")
 def verify_subject(gallery: str, subject: str):
     result = gateway().verify_subject(gallery, subject, one_image("image"))
@@ -143,7 +151,7 @@ def list_subjects(gallery: str):
     return jsonify({"gallery": gallery, "active_model_version": active, "subjects": subjects})
 
 
-@blueprint.get("/galleries/<gallery>/subjects/<subject>")
+@blueprint.get("/galleries/<gallery>/subjects/<path:subject>")
 @require_key("read")
 def get_subject(gallery: str, subject: str):
     gw = gateway()
@@ -168,7 +176,7 @@ def get_subject(gallery: str, subject: str):
     return jsonify(body)
 
 
-@blueprint.delete("/galleries/<gallery>/subjects/<subject>")
+@blueprint.delete("/galleries/<gallery>/subjects/<path:subject>")
 @require_key("admin")
 def delete_subject(gallery: str, subject: str):
     with gateway().session() as session:

@@ -14,11 +14,15 @@ from veilface.face.runtime import create_session
 
 _STRIDES = (8, 16, 32)
 _ANCHORS_PER_CELL = 2
-#: Passes tried in turn until one finds a face: (padding added on every side, as a fraction of the
-#: image's longer side; network input size, as a fraction of the configured one). Tight crops (CFP,
-#: passport-style photos) hide the face outline SCRFD was trained on: padding gives it back, and the
-#: smaller input shrinks the face further, which rescues the last few large profile faces.
-_PASSES = ((0.0, 1.0), (0.3, 1.0), (0.3, 0.5))
+#: Passes over the image, tried in turn: (padding added on every side, as a fraction of the image's
+#: longer side; network input size, as a fraction of the configured one). SCRFD misses faces that
+#: fill its input, as in tight crops (CFP, passport photos): the half-size pass shrinks them, and the
+#: padded one also gives back the outline around the face.
+_PASSES = ((0.0, 1.0), (0.0, 0.5), (0.3, 0.5))
+#: A face whose box (clipped to the image) has a shorter side of at least this fraction of the
+#: image's shorter side ends the search. A pass that only finds smaller faces, often a false detection
+#: inside a face too large for it, lets the next pass try.
+_SUBJECT_FRACTION = 0.3
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,8 +60,8 @@ class FaceDetector:
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
     ):
-        if input_size % 64:
-            raise ValueError(f"input_size must be a multiple of 64, got {input_size}")
+        if input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
         self._session = create_session(model_path, threads=threads, providers=providers)
         self._input_name = self._session.get_inputs()[0].name
         self._input_size = input_size
@@ -66,27 +70,27 @@ class FaceDetector:
         self.provider: str = self._session.get_providers()[0]
 
     def detect(self, img: np.ndarray) -> list[Detection]:
-        """Find the faces in a BGR uint8 image, best score first.
+        """Find the faces in a BGR uint8 image, best score first; coordinates refer to ``img``.
 
-        When a pass finds nothing, the next one searches the image padded by 30% on every side, then
-        the padded image at half the input size; coordinates always refer to ``img``.
+        Passes run until one finds a face whose shorter side is at least 30% of the image's: the image
+        as is, then at half the input size, then padded by 30% on every side at half the input size.
+        The result is that pass's faces or, when no pass finds such a face, those of the first pass
+        that found any. Ordinary photos take one pass; only tight crops and photos of small faces pay
+        for the cheap half-size passes.
         """
         height, width = img.shape[:2]
+        subject_side = _SUBJECT_FRACTION * min(height, width)
+        first_found: list[Detection] = []
         for padding, relative_size in _PASSES:
             pad = round(padding * max(height, width))
             padded = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            boxes, scores, landmarks = self._detect_once(padded, int(self._input_size * relative_size))
-            if len(scores):
-                boxes -= pad
-                landmarks -= pad
-                break
-        detections = []
-        for (x1, y1, x2, y2), score, points in zip(boxes, scores, landmarks, strict=True):
-            x1, x2 = np.clip((x1, x2), 0, width)
-            y1, y2 = np.clip((y1, y2), 0, height)
-            box = (float(x1), float(y1), float(x2 - x1), float(y2 - y1))
-            detections.append(Detection(box=box, score=float(score), landmarks=points))
-        return detections
+            size = max(32, round(self._input_size * relative_size / 32) * 32)
+            boxes, scores, landmarks = self._detect_once(padded, size)
+            found = _detections(boxes - pad, scores, landmarks - pad, width=width, height=height)
+            if any(min(d.box[2], d.box[3]) >= subject_side for d in found):
+                return found
+            first_found = first_found or found
+        return first_found
 
     def _detect_once(self, img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One pass: ``(boxes[n, 4] as x1 y1 x2 y2, scores[n], landmarks[n, 5, 2])`` after NMS."""
@@ -94,6 +98,19 @@ class FaceDetector:
         boxes, scores, landmarks = _decode(self._session.run(None, {self._input_name: blob}), size)
         keep = _nms(boxes, scores, self._score_threshold, self._nms_threshold)
         return boxes[keep] / scale, scores[keep], landmarks[keep] / scale
+
+
+def _detections(
+    boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, *, width: int, height: int
+) -> list[Detection]:
+    """Package raw results as :class:`Detection` objects with boxes clipped to the image."""
+    detections = []
+    for (x1, y1, x2, y2), score, points in zip(boxes, scores, landmarks, strict=True):
+        x1, x2 = np.clip((x1, x2), 0, width)
+        y1, y2 = np.clip((y1, y2), 0, height)
+        box = (float(x1), float(y1), float(x2 - x1), float(y2 - y1))
+        detections.append(Detection(box=box, score=float(score), landmarks=points))
+    return detections
 
 
 def _letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:

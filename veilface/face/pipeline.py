@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from veilface.config import Settings
-from veilface.registry import ModelVersion
 from veilface.errors import MultipleFaces, NoFace, PoorQuality
 from veilface.face.align import align_face
 from veilface.face.detect import FaceDetector
 from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
-from veilface.face.models import get_spec
+from veilface.face.models import RecognizerSpec, get_spec
 from veilface.face.quality import assess
+from veilface.registry import ModelVersion
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,30 +50,35 @@ class FacePipeline:
     @classmethod
     def from_settings(cls, settings: Settings, *, providers: Sequence[str] | None = None) -> FacePipeline:
         """Build the pipeline named by ``settings`` from the model files in ``settings.shared_models_dir``."""
-        models = settings.shared_models_dir
-        spec = get_spec(settings.recognizer)
+        model_path = settings.shared_models_dir / f"{settings.recognizer}.onnx"
+        return cls._build(settings, get_spec(settings.recognizer), model_path, providers)
+
+    @classmethod
+    def from_model(
+        cls, settings: Settings, model: ModelVersion, *, providers: Sequence[str] | None = None
+    ) -> FacePipeline:
+        """Build the pipeline for a registered model version (its ONNX file and input spec)."""
+        return cls._build(settings, get_spec(model.spec), model.path, providers)
+
+    @classmethod
+    def _build(
+        cls,
+        settings: Settings,
+        spec: RecognizerSpec,
+        model_path: Path,
+        providers: Sequence[str] | None,
+    ) -> FacePipeline:
         detector = FaceDetector(
-            models / f"{settings.detector}.onnx", threads=settings.onnx_threads, providers=providers
+            settings.shared_models_dir / f"{settings.detector}.onnx",
+            threads=settings.onnx_threads,
+            providers=providers,
         )
         recognizer = Recognizer(
             spec,
-            models / f"{settings.recognizer}.onnx",
+            model_path,
             threads=settings.onnx_threads,
             flip_fusion=settings.flip_fusion,
             providers=providers,
-        )
-        return cls(detector, recognizer, max_image_pixels=settings.max_image_pixels)
-
-    @classmethod
-    def from_model(cls, settings: Settings, model: ModelVersion) -> FacePipeline:
-        """Build the pipeline for a registered model version (its ONNX file and input spec)."""
-        models = settings.shared_models_dir
-        detector = FaceDetector(models / f"{settings.detector}.onnx", threads=settings.onnx_threads)
-        recognizer = Recognizer(
-            get_spec(model.spec),
-            model.path,
-            threads=settings.onnx_threads,
-            flip_fusion=settings.flip_fusion,
         )
         return cls(detector, recognizer, max_image_pixels=settings.max_image_pixels)
 

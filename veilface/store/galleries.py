@@ -280,6 +280,14 @@ def purge_tombstones(session: Session, gallery_id: int, subject_id: int, image_s
     return result.rowcount or 0
 
 
+def delete_subject_if_empty(session: Session, subject: Subject) -> bool:
+    """Remove ``subject`` if no template row (live or tombstone) refers to it."""
+    if session.scalar(select(Template.id).where(Template.subject_id == subject.id).limit(1)) is not None:
+        return False
+    session.delete(subject)
+    return True
+
+
 def rename_subject(session: Session, gallery: Gallery, subject: Subject, new_name: str) -> Subject:
     """Give ``subject`` a new name; if that name is taken, merge into the existing subject.
 

@@ -22,6 +22,7 @@
   };
   const COLORS = { match: "#1faa55", unknown: "#f0a500", error: "#e0323a", face: "#2f80ed" };
   const SUBJECT_ROWS_SHOWN = 500;
+  const MAX_CANVAS_SIDE = 1600;
 
   // -- small DOM helpers ----------------------------------------------------------------
 
@@ -273,23 +274,24 @@
   }
 
   /**
-   * Draw ``img`` on ``canvas`` at its natural size with a labelled box per face.
-   * ``faces``: [{box: [x, y, w, h], label, color}] in image pixels (what the API returns).
+   * Draw ``img`` on ``canvas`` with a labelled box per face, at most MAX_CANVAS_SIDE pixels a side.
+   * ``faces``: [{box: [x, y, w, h], label, color}] in the image's pixels (what the API returns).
    */
   function drawFaces(canvas, img, faces) {
-    const width = img.naturalWidth;
-    const height = img.naturalHeight;
+    const factor = Math.min(1, MAX_CANVAS_SIDE / Math.max(img.naturalWidth, img.naturalHeight));
+    const width = Math.round(img.naturalWidth * factor);
+    const height = Math.round(img.naturalHeight * factor);
     canvas.width = width;
     canvas.height = height;
     const ctx = canvas.getContext("2d");
-    ctx.drawImage(img, 0, 0);
+    ctx.drawImage(img, 0, 0, width, height);
     const scale = Math.max(width, height);
     const line = Math.max(2, Math.round(scale / 160));
     const fontSize = Math.max(12, Math.round(scale / 24));
     ctx.font = "600 " + fontSize + "px system-ui, sans-serif";
     ctx.textBaseline = "top";
     for (const face of faces || []) {
-      const [x, y, w, h] = face.box;
+      const [x, y, w, h] = face.box.map((v) => v * factor);
       ctx.lineWidth = line;
       ctx.strokeStyle = face.color;
       ctx.strokeRect(x, y, w, h);
@@ -1001,7 +1003,6 @@
     max_dim: "Largest template dimension",
     slots: "Slots per ciphertext",
     block_capacity: "Templates per packed block",
-    scale: "Scale value",
   };
 
   function ckksValue(name, value) {
@@ -1043,7 +1044,7 @@
           "li",
           { testid: "status-worker" },
           el("span", { className: "badge " + (stale ? "warn" : "ok"), text: stale ? "wrong model" : "online" }),
-          " " + w.name + " · " + (w.model_version || "no model") + " · " + (w.provider || "CPU"),
+          " " + [w.name, w.model_version, w.provider].filter(Boolean).join(" · "),
         );
       });
       for (const name of check.refused_foreign_keys || []) {
