@@ -34,8 +34,13 @@ def enrolled(stack, admin_headers, lfw_people) -> list[list[Path]]:
     people = lfw_people[:N_IDENTITIES]
     for photos in people:
         subject = photos[0].parent.name
-        r = _post(stack, f"/v1/galleries/{GALLERY}/subjects/{subject}/faces", admin_headers,
-                  [("image", photos[0])], face="largest")  # fmt: skip
+        r = _post(
+            stack,
+            f"/v1/galleries/{GALLERY}/subjects/{subject}/faces",
+            admin_headers,
+            [("image", photos[0])],
+            face="largest",
+        )
         assert r.status_code == 201, r.text
         body = r.json()
         assert body["subject"] == subject and body["enrolled"] == 1 and len(body["template_ids"]) == 1
@@ -83,12 +88,20 @@ def test_deleted_subject_no_longer_matches(stack, admin_headers, enrolled):
 
 def test_verify_endpoints(stack, admin_headers, enrolled):
     same, other = enrolled[2], enrolled[3]
-    r = _post(stack, f"/v1/galleries/{GALLERY}/subjects/{same[0].parent.name}/verify", admin_headers,
-              [("image", same[1])])  # fmt: skip
+    r = _post(
+        stack,
+        f"/v1/galleries/{GALLERY}/subjects/{same[0].parent.name}/verify",
+        admin_headers,
+        [("image", same[1])],
+    )
     assert r.status_code == 200, r.text
     assert r.json()["match"] is True
-    r = _post(stack, f"/v1/galleries/{GALLERY}/subjects/{same[0].parent.name}/verify", admin_headers,
-              [("image", other[1])])  # fmt: skip
+    r = _post(
+        stack,
+        f"/v1/galleries/{GALLERY}/subjects/{same[0].parent.name}/verify",
+        admin_headers,
+        [("image", other[1])],
+    )
     assert r.json()["match"] is False
     r = _post(stack, "/v1/verify", admin_headers, [("image1", same[0]), ("image2", same[1])])
     assert r.status_code == 200, r.text

@@ -42,13 +42,19 @@ def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers,
     for photos in people:
         r = requests.post(
             f"{embedded_stack.url}/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces",
-            headers=admin_headers, files=[("image", photos[0].read_bytes())], params={"face": "largest"},
+            headers=admin_headers,
+            files=[("image", photos[0].read_bytes())],
+            params={"face": "largest"},
             timeout=120,
-        )  # fmt: skip
+        )
         assert r.status_code == 201, r.text
     target = people[2]
-    r = requests.post(f"{embedded_stack.url}/v1/galleries/{GALLERY}/identify", headers=admin_headers,
-                      files=[("image", target[1].read_bytes())], timeout=120)  # fmt: skip
+    r = requests.post(
+        f"{embedded_stack.url}/v1/galleries/{GALLERY}/identify",
+        headers=admin_headers,
+        files=[("image", target[1].read_bytes())],
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     best = max(r.json()["faces"], key=lambda f: f["box"][2] * f["box"][3])
     assert best["match"] == target[0].parent.name
@@ -92,8 +98,12 @@ def test_bearer_auth_and_openapi(embedded_stack, admin_headers):
 
 
 def test_unknown_gallery_is_404(embedded_stack, admin_headers, lfw_people):
-    r = requests.post(f"{embedded_stack.url}/v1/galleries/nope/identify", headers=admin_headers,
-                      files=[("image", lfw_people[0][0].read_bytes())], timeout=60)  # fmt: skip
+    r = requests.post(
+        f"{embedded_stack.url}/v1/galleries/nope/identify",
+        headers=admin_headers,
+        files=[("image", lfw_people[0][0].read_bytes())],
+        timeout=60,
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_gallery"
 
 

@@ -48,7 +48,8 @@ def test_models_match_schema_sql():
         assert model_fks == sql_fks, f"foreign keys of {name} differ"
     with engine.connect() as conn:
         engines = conn.exec_driver_sql(
-            "SELECT table_name, engine, table_collation FROM information_schema.tables WHERE table_schema = DATABASE()"
+            "SELECT table_name, engine, table_collation FROM information_schema.tables"
+            " WHERE table_schema = DATABASE()"
         ).all()
     assert all(e == "InnoDB" and c.startswith("utf8mb4") for _, e, c in engines)
     engine.dispose()

@@ -62,15 +62,24 @@ def main() -> None:
         for photos in people:
             name = photos[0].parent.name
             start = time.perf_counter()
-            r = requests.post(f"{stack.url}/v1/galleries/demo/subjects/{name}/faces", headers=headers,
-                              files=[("image", photos[0].read_bytes())], params={"face": "largest"}, timeout=120)  # fmt: skip
+            r = requests.post(
+                f"{stack.url}/v1/galleries/demo/subjects/{name}/faces",
+                headers=headers,
+                files=[("image", photos[0].read_bytes())],
+                params={"face": "largest"},
+                timeout=120,
+            )
             enroll_ms.append((time.perf_counter() - start) * 1000)
             print(f"enrolled {name:<30} {r.status_code} {enroll_ms[-1]:7.0f} ms")
         for photos in people:
             name = photos[0].parent.name
             start = time.perf_counter()
-            r = requests.post(f"{stack.url}/v1/galleries/demo/identify", headers=headers,
-                              files=[("image", photos[1].read_bytes())], timeout=120)  # fmt: skip
+            r = requests.post(
+                f"{stack.url}/v1/galleries/demo/identify",
+                headers=headers,
+                files=[("image", photos[1].read_bytes())],
+                timeout=120,
+            )
             identify_ms.append((time.perf_counter() - start) * 1000)
             faces = r.json().get("faces", []) if r.ok else []
             best = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
@@ -79,13 +88,14 @@ def main() -> None:
             )
             ok = top["subject"] == name
             correct += ok
-            print(f"identify {photos[1].name:<34} -> {top['subject']:<30} {top['similarity']:+.3f} "
-                  f"{'ok' if ok else 'WRONG'} {identify_ms[-1]:7.0f} ms")  # fmt: skip
+            print(
+                f"identify {photos[1].name:<34} -> {top['subject']:<30} {top['similarity']:+.3f} "
+                f"{'ok' if ok else 'WRONG'} {identify_ms[-1]:7.0f} ms"
+            )
         print(f"\ntop-1 correct: {correct}/{len(people)}")
         for label, values in (("enroll", enroll_ms), ("identify", identify_ms)):
-            print(
-                f"{label} latency: p50 {statistics.median(values):.0f} ms, p95 {percentile(values, 0.95):.0f} ms"
-            )
+            p50, p95 = statistics.median(values), percentile(values, 0.95)
+            print(f"{label} latency: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
     finally:
         stack.stop()
 

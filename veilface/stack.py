@@ -62,9 +62,23 @@ class Stack:
         """Start one Celery worker of ``kind`` ('embedder' or 'matcher'); returns its name."""
         folder, queue = {"embedder": ("embedder", "embed"), "matcher": ("he-matcher", "match")}[kind]
         name = f"{kind}{index}"
-        argv = [_bin("celery"), "-A", "tasks", "worker", "-Q", queue, "--pool", "solo",
-                "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "--loglevel", "INFO"]  # fmt: skip
+        argv = [
+            _bin("celery"),
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            queue,
+            "--pool",
+            "solo",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
+        ]
         self._spawn(name, argv, SERVICES / folder)
         return name
 
@@ -120,8 +134,9 @@ def main() -> None:
     parser.add_argument("--matchers", type=int, default=1)
     args = parser.parse_args()
     settings = load_settings()
-    stack = Stack(bind=args.bind, embedders=args.embedders, matchers=args.matchers,
-                  log_dir=settings.var_dir / "logs")  # fmt: skip
+    stack = Stack(
+        bind=args.bind, embedders=args.embedders, matchers=args.matchers, log_dir=settings.var_dir / "logs"
+    )
     stack.start()
     try:
         stack.wait_ready()

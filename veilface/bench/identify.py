@@ -50,16 +50,22 @@ def main() -> None:
 
     key = secrets.token_urlsafe(24)
     headers = {"X-API-Key": key}
-    stack = Stack(bind=args.bind, embedders=args.embedders, matchers=args.matchers,
-                  log_dir=settings.var_dir / "logs")  # fmt: skip
+    stack = Stack(
+        bind=args.bind, embedders=args.embedders, matchers=args.matchers, log_dir=settings.var_dir / "logs"
+    )
     stack.env["VEILFACE_BOOTSTRAP_API_KEY"] = key
     stack.start()
     try:
         stack.wait_ready()
 
         def enroll(photo: Path) -> int:
-            r = requests.post(f"{stack.url}/v1/galleries/bench/subjects/{photo.stem}/faces", headers=headers,
-                              files=[("image", photo.read_bytes())], params={"face": "largest"}, timeout=300)  # fmt: skip
+            r = requests.post(
+                f"{stack.url}/v1/galleries/bench/subjects/{photo.stem}/faces",
+                headers=headers,
+                files=[("image", photo.read_bytes())],
+                params={"face": "largest"},
+                timeout=300,
+            )
             return r.status_code
 
         with ThreadPoolExecutor(args.embedders * 2) as pool:
@@ -69,8 +75,12 @@ def main() -> None:
         latencies, correct = [], 0
         for enrolled_photo, probe in tqdm(queries, desc="identify"):
             start = time.perf_counter()
-            r = requests.post(f"{stack.url}/v1/galleries/bench/identify", headers=headers,
-                              files=[("image", probe.read_bytes())], timeout=300)  # fmt: skip
+            r = requests.post(
+                f"{stack.url}/v1/galleries/bench/identify",
+                headers=headers,
+                files=[("image", probe.read_bytes())],
+                timeout=300,
+            )
             latencies.append(time.perf_counter() - start)
             faces = r.json().get("faces", []) if r.ok else []
             best = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
