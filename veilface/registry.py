@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from veilface import errors
 from veilface.config import Settings
+from veilface.projection import Projection, split_version
 
 #: Cosine-similarity thresholds at FMR 1e-4, calibrated on development impostor pairs
 #: (CFP identities 001-250, never the evaluation pairs): see docs/accuracy.md.
@@ -80,8 +81,27 @@ class ModelRegistry:
         except FileNotFoundError:
             return 0
 
+    @property
+    def projections_path(self) -> Path:
+        """Folder of the fitted compact-template projections (``<name>.npz``)."""
+        return self._settings.models_path / "projections"
+
+    def projection(self, name: str) -> Projection:
+        return Projection.load(self.projections_path, name)
+
     def get(self, version: str) -> ModelVersion:
-        """The model version called ``version``; raises NotFound for an unknown one."""
+        """The model version called ``version``; raises NotFound for an unknown one.
+
+        ``<model>+<projection>`` names the compact templates of ``<model>`` through a
+        fitted projection: same network, the projection's dimension and threshold.
+        """
+        base_name, projection_name = split_version(version)
+        if projection_name is not None:
+            base, projection = self.get(base_name), self.projection(projection_name)
+            if projection.base_version != base.version:
+                fitted = projection.base_version
+                raise errors.NotFound(f"projection {projection_name!r} was fitted for {fitted}")
+            return replace(base, version=version, dim=projection.dim, threshold=projection.threshold)
         entry = self._read()["versions"].get(version)
         if entry is not None:
             return ModelVersion(**entry)

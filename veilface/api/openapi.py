@@ -178,11 +178,27 @@ def document() -> dict:
                 }
             },
             "/v1/galleries/{gallery}": {
+                "put": {
+                    "summary": "Create a gallery with options (projection for compact templates)",
+                    "parameters": [GALLERY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"projection": {"type": ["string", "null"]}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {**_ok({"type": "object"}), **_errors(400, 401, 403, 404, 409, 503)},
+                },
                 "delete": {
                     "summary": "Delete a gallery and every ciphertext in it",
                     "parameters": [GALLERY],
                     "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)},
-                }
+                },
             },
             "/v1/galleries/{gallery}/subjects": {
                 "get": {

@@ -139,6 +139,25 @@ def list_galleries():
         return jsonify({"galleries": store.list_galleries(session)})
 
 
+@blueprint.put("/galleries/<gallery>")
+@require_key("admin")
+def configure_gallery(gallery: str):
+    """Create a gallery with options: ``{"projection": "pca128"}`` keeps compact templates."""
+    checked_gallery(gallery)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("projection"), str | None):
+        raise errors.BadRequest('send JSON {"projection": NAME or null}')
+    projection = body.get("projection")
+    gw = gateway()
+    if projection is not None:
+        gw.registry.projection(projection)  # 404 for an unknown projection
+    with gw.session() as session:
+        row = store.configure_gallery(session, gallery, projection)
+        result = {"gallery": row.name, "projection": row.projection}
+    audit("configure_gallery", gallery)
+    return jsonify(result)
+
+
 @blueprint.get("/galleries/<gallery>/subjects")
 @require_key("read")
 def list_subjects(gallery: str):

@@ -43,6 +43,16 @@ def get_or_create_gallery(session: Session, name: str) -> Gallery:
     return gallery
 
 
+def configure_gallery(session: Session, name: str, projection: str | None) -> Gallery:
+    """Create a gallery, or change the projection of one that holds no template yet."""
+    gallery = get_or_create_gallery(session, name)
+    if gallery.projection != projection:
+        if session.scalar(select(func.count(Template.id)).where(Template.gallery_id == gallery.id)):
+            raise errors.Conflict(f"gallery {name!r} holds templates; its projection cannot change")
+        gallery.projection = projection
+    return gallery
+
+
 def get_subject(session: Session, gallery: Gallery, name: str) -> Subject:
     subject = session.scalar(select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == name))
     if subject is None:
