@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS templates (
     image_sha256 VARCHAR(64) NOT NULL,
     block_no INTEGER NOT NULL,
     slot INTEGER NOT NULL,
-    state ENUM('delta','packed','deleted') NOT NULL,
+    state ENUM('delta','packed') NOT NULL,
     ciphertext LONGBLOB NULL,
     created_at DATETIME NOT NULL,
     PRIMARY KEY (id),

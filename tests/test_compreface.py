@@ -110,15 +110,19 @@ def test_list_templates_pages_live_templates_only(sessions):
             _template(s, gallery, alice, b"a2"),
             _template(s, gallery, bob, b"b1"),
         ]
-        store.tombstone_template(s, rows[1])
+        store.delete_template(s, rows[1])
         page, total = store.list_templates(s, gallery, offset=0, limit=1)
         assert total == 2 and [r.template_id for r in page] == [rows[0].id]
         page, total = store.list_templates(s, gallery, subject="bob")
         assert total == 1 and page[0].subject == "bob"
-        assert rows[1].ciphertext is None and rows[1].state == "deleted"
         with pytest.raises(errors.NotFound):
             store.get_live_template(s, gallery, rows[1].id)
-        assert store.purge_tombstones(s, gallery.id, alice.id, hashlib.sha256(b"a2").hexdigest()) == 1
+        assert (
+            store.find_template(
+                s, gallery.id, alice.id, rows[0].model_version, hashlib.sha256(b"a2").hexdigest()
+            )
+            is None
+        )
 
 
 def test_rename_merges_into_an_existing_subject(sessions):
@@ -170,17 +174,15 @@ class ScriptedGateway:
         return [(f["who"], FaceBox(tuple(f["box"]), f["score"])) for f in json.loads(image)]
 
     def enroll(self, gallery_name, subject_name, images, *, largest):
-        with self.session() as s:  # like Gateway.enroll: the subject first, then the embedder
-            store.get_or_create_subject(s, store.get_or_create_gallery(s, gallery_name), subject_name)
         faces = self._faces(images[0])
         if not faces:
             raise errors.NoFace()
         if len(faces) > 1 and not largest:
             raise errors.MultipleFaces()
         who = max(faces, key=lambda f: f[1].box[2])[0]
-        with self.session() as s:
-            gallery = store.get_gallery(s, gallery_name)
-            subject = store.get_subject(s, gallery, subject_name)
+        with self.session() as s:  # like the embedder: the subject comes with its first template
+            gallery = store.get_or_create_gallery(s, gallery_name)
+            subject = store.get_or_create_subject(s, gallery, subject_name)
             digest = hashlib.sha256(images[0]).hexdigest()
             row = store.find_template(s, gallery.id, subject.id, "scripted-1", digest)
             row = row or _template(s, gallery, subject, images[0], "scripted-1")
@@ -372,6 +374,9 @@ def test_subjects(api):
         {"message": "Subject nobody not found", "code": 42},
     )
     assert api("DELETE", "/recognition/subjects/robert") == (200, {"subject": "robert"})
+    assert api("POST", "/recognition/subjects", json={"subject": "team/a"}) == (201, {"subject": "team/a"})
+    assert api("PUT", "/recognition/subjects/team/a", json={"subject": "team/b"}) == (200, {"updated": True})
+    assert api("DELETE", "/recognition/subjects/team/b") == (200, {"subject": "team/b"})
     assert api("DELETE", "/recognition/subjects/robert")[1]["code"] == 42
     api("POST", "/recognition/subjects", json={"subject": "x"})
     api("POST", "/recognition/subjects", json={"subject": "y"})

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import functools
-import hashlib
 import logging
 import math
 import time
@@ -450,36 +448,12 @@ def _enrollment_face(image: bytes, threshold: float | None) -> bool:
 
 
 def _enroll(gallery: str, subject: str, image: bytes, *, largest: bool) -> int:
-    """Enroll ``image``; a subject created for it is removed again if it fails, as in CompreFace."""
-    new_subject = _prepare_subject(gallery, subject, image)
-    try:
-        return gateway().enroll(gallery, subject, [image], largest=largest)["template_ids"][0]
-    except errors.VeilfaceError:
-        if new_subject:
-            _drop_if_empty(gallery, subject)
-        raise
+    """Enroll ``image`` for ``subject``; returns the template id.
 
-
-def _drop_if_empty(gallery: str, subject: str) -> None:
-    with gateway().session() as session:
-        row = store.get_gallery(session, gallery)
-        with contextlib.suppress(errors.UnknownSubject):
-            store.delete_subject_if_empty(session, store.get_subject(session, row, subject))
-
-
-def _prepare_subject(gallery: str, subject: str, image: bytes) -> bool:
-    """Whether ``subject`` is new; if not, let an image deleted by id be enrolled again.
-
-    (A deleted example leaves a tombstone that enrollment would find: see purge_tombstones.)
+    The embedder creates a new subject together with its first template, so a refused photo
+    leaves no empty subject behind, as in CompreFace.
     """
-    with gateway().session() as session:
-        row = store.get_gallery(session, gallery)
-        try:
-            owner = store.get_subject(session, row, subject)
-        except errors.UnknownSubject:
-            return True
-        store.purge_tombstones(session, row.id, owner.id, hashlib.sha256(image).hexdigest())
-    return False
+    return gateway().enroll(gallery, subject, [image], largest=largest)["template_ids"][0]
 
 
 @blueprint.get("/recognition/faces", strict_slashes=False)
@@ -546,7 +520,7 @@ def delete_example(gallery: str, image_id: str):
     """Delete one example by id: its ciphertext goes at once (the row stays as a tombstone)."""
     with gateway().session() as session:
         template, subject = _live_example(session, gallery, image_id)
-        store.tombstone_template(session, template)
+        store.delete_template(session, template)
     audit("delete_template", gallery, subject)
     return jsonify({"image_id": image_id, "subject": subject})
 
@@ -643,7 +617,7 @@ def list_subject_names(gallery: str):
     return jsonify({"subjects": [s["subject"] for s in subjects]})
 
 
-@blueprint.put("/recognition/subjects/<subject>")
+@blueprint.put("/recognition/subjects/<path:subject>")
 @service_key(write=True)
 def rename_subject(gallery: str, subject: str):
     """Rename a subject; a name already taken merges the two subjects, as CompreFace does."""
@@ -663,7 +637,7 @@ def rename_subject(gallery: str, subject: str):
     return jsonify({"updated": True})
 
 
-@blueprint.delete("/recognition/subjects/<subject>")
+@blueprint.delete("/recognition/subjects/<path:subject>")
 @service_key(write=True)
 def delete_subject(gallery: str, subject: str):
     """Delete a subject with every example (ciphertext) it owns."""

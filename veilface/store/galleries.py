@@ -11,8 +11,6 @@ from sqlalchemy.orm import Session
 from veilface import errors
 from veilface.store.models import Block, Gallery, SlotCounter, Subject, Template
 
-LIVE_STATES = ("delta", "packed")
-
 
 @dataclass(frozen=True)
 class SlotOwner:
@@ -76,12 +74,7 @@ def get_or_create_subject(session: Session, gallery: Gallery, name: str) -> Subj
 def list_galleries(session: Session) -> list[dict]:
     """Every gallery with its subject and template counts."""
     subjects = select(Subject.gallery_id, func.count().label("n")).group_by(Subject.gallery_id).subquery()
-    templates = (
-        select(Template.gallery_id, func.count().label("n"))
-        .where(Template.state.in_(LIVE_STATES))
-        .group_by(Template.gallery_id)
-        .subquery()
-    )
+    templates = select(Template.gallery_id, func.count().label("n")).group_by(Template.gallery_id).subquery()
     rows = session.execute(
         select(Gallery.name, Gallery.created_at, subjects.c.n, templates.c.n)
         .outerjoin(subjects, subjects.c.gallery_id == Gallery.id)
@@ -98,7 +91,7 @@ def list_subjects(session: Session, gallery: Gallery) -> list[dict]:
     """Subjects of ``gallery`` with their live template count per model version."""
     rows = session.execute(
         select(Subject.name, Template.model_version, func.count(Template.id))
-        .outerjoin(Template, (Template.subject_id == Subject.id) & Template.state.in_(LIVE_STATES))
+        .outerjoin(Template, Template.subject_id == Subject.id)
         .where(Subject.gallery_id == gallery.id)
         .group_by(Subject.name, Template.model_version)
         .order_by(Subject.name)
@@ -114,11 +107,7 @@ def list_subjects(session: Session, gallery: Gallery) -> list[dict]:
 
 def subject_templates(session: Session, subject: Subject) -> list[Template]:
     return list(
-        session.scalars(
-            select(Template)
-            .where(Template.subject_id == subject.id, Template.state.in_(LIVE_STATES))
-            .order_by(Template.id)
-        )
+        session.scalars(select(Template).where(Template.subject_id == subject.id).order_by(Template.id))
     )
 
 
@@ -181,7 +170,6 @@ def slot_owners(session: Session, gallery_id: int, model_version: str) -> dict[t
         .where(
             Template.gallery_id == gallery_id,
             Template.model_version == model_version,
-            Template.state.in_(LIVE_STATES),
         )
     )
     return {(block_no, slot): SlotOwner(tid, name) for block_no, slot, tid, name in rows}
@@ -230,7 +218,7 @@ def list_templates(
 
     ``subject`` narrows the listing to one subject; an unknown subject gives an empty page.
     """
-    where = [Template.gallery_id == gallery.id, Template.state.in_(LIVE_STATES)]
+    where = [Template.gallery_id == gallery.id]
     if subject is not None:
         where.append(Subject.name == subject)
     total = session.scalar(
@@ -255,7 +243,6 @@ def get_live_template(session: Session, gallery: Gallery, template_id: int) -> t
         .where(
             Template.id == template_id,
             Template.gallery_id == gallery.id,
-            Template.state.in_(LIVE_STATES),
         )
     ).first()
     if row is None:
@@ -263,46 +250,20 @@ def get_live_template(session: Session, gallery: Gallery, template_id: int) -> t
     return row[0], row[1]
 
 
-def tombstone_template(session: Session, template: Template) -> None:
-    """Delete one template: its ciphertext goes at once, the row stays as state 'deleted'.
+def delete_template(session: Session, template: Template) -> None:
+    """Delete one template with its delta ciphertext; its slot is never reused.
 
-    The slot is never reused, and :func:`slot_owners` skips tombstones, so a packed copy of
-    the template can no longer be returned by any search.
+    A packed copy of the template loses its owner at once, so :func:`slot_owners` no
+    longer maps its slot and no search can return it; the same photo can be enrolled again.
     """
-    template.state = "deleted"
-    template.ciphertext = None
-
-
-def purge_tombstones(session: Session, gallery_id: int, subject_id: int, image_sha256: str) -> int:
-    """Drop the tombstones a re-enrollment of the same image would otherwise resolve to.
-
-    Enrollment is idempotent per (subject, model version, image hash) and finds rows of
-    any state; a deleted template must not come back as the answer to a new upload.
-    """
-    result = session.execute(
-        delete(Template).where(
-            Template.gallery_id == gallery_id,
-            Template.subject_id == subject_id,
-            Template.image_sha256 == image_sha256,
-            Template.state == "deleted",
-        )
-    )
-    return result.rowcount or 0
-
-
-def delete_subject_if_empty(session: Session, subject: Subject) -> bool:
-    """Remove ``subject`` if no template row (live or tombstone) refers to it."""
-    if session.scalar(select(Template.id).where(Template.subject_id == subject.id).limit(1)) is not None:
-        return False
-    session.delete(subject)
-    return True
+    session.delete(template)
 
 
 def rename_subject(session: Session, gallery: Gallery, subject: Subject, new_name: str) -> Subject:
     """Give ``subject`` a new name; if that name is taken, merge into the existing subject.
 
     A merge moves every template to the target subject. Where both subjects hold the same
-    image for the same model version, one row is kept (a live one when there is one).
+    image for the same model version, the target's row is kept.
     Returns the subject that carries ``new_name`` afterwards.
     """
     target = session.scalar(select(Subject).where(Subject.gallery_id == gallery.id, Subject.name == new_name))
@@ -322,11 +283,8 @@ def _drop_merge_duplicates(session: Session, source: Subject, target: Subject) -
         for t in session.scalars(select(Template).where(Template.subject_id == target.id))
     }
     for mine in session.scalars(select(Template).where(Template.subject_id == source.id)):
-        other = theirs.get((mine.model_version, mine.image_sha256))
-        if other is None:
-            continue
-        keep_mine = other.state == "deleted" and mine.state != "deleted"
-        session.delete(other if keep_mine else mine)
+        if (mine.model_version, mine.image_sha256) in theirs:
+            session.delete(mine)
     session.flush()
 
 

@@ -33,7 +33,7 @@ Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 #: Auto-increment ids: BIGINT on MySQL, INTEGER on SQLite (where only INTEGER autoincrements).
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-TEMPLATE_STATES = ("delta", "packed", "deleted")
+TEMPLATE_STATES = ("delta", "packed")
 API_KEY_SCOPES = ("admin", "read")
 
 
