@@ -4,7 +4,7 @@ A projection is fitted once on training identities only (CFP 001-250 by default,
 evaluation faces), stored in the model registry folder, and chosen per gallery. A
 gallery with a projection keeps ``dim_out``-D templates, which the encrypted engine
 scores about four times faster at 128-D than at 512-D. Templates made through a
-projection carry the model version ``<model>+<projection>``, so they are never compared
+projection carry the model version ``<model>:<projection>``, so they are never compared
 with templates of the plain model.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from veilface import errors
 
-SEPARATOR = "+"
+SEPARATOR = ":"
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,6 @@ def fit_pca(name: str, base_version: str, embeddings: np.ndarray, dim: int) -> P
 
 
 def split_version(version: str) -> tuple[str, str | None]:
-    """``'edgeface_xs+pca128'`` -> ``('edgeface_xs', 'pca128')``; a plain version has no projection."""
+    """``'edgeface_xs:pca128'`` -> ``('edgeface_xs', 'pca128')``; a plain version has no projection."""
     base, _, projection = version.partition(SEPARATOR)
     return base, projection or None

@@ -92,7 +92,7 @@ class ModelRegistry:
     def get(self, version: str) -> ModelVersion:
         """The model version called ``version``; raises NotFound for an unknown one.
 
-        ``<model>+<projection>`` names the compact templates of ``<model>`` through a
+        ``<model>:<projection>`` names the compact templates of ``<model>`` through a
         fitted projection: same network, the projection's dimension and threshold.
         """
         base_name, projection_name = split_version(version)
