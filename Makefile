@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv install: $(VENV)/.installed
 
-install-train: install
-	$(PY) -m pip install --quiet -e '.[train]'
+install-train: $(VENV)/.installed-train
+
+$(VENV)/.installed-train: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,train]'
+	@touch $@
 
 keys: install
 	$(VEILFACE) keys init
@@ -32,8 +35,8 @@ demo: install
 run: install
 	$(PY) -m veilface.stack
 
-## test: ruff, then the whole suite against real MariaDB and Redis
-test: install
+## test: ruff, then the whole suite against real MariaDB and Redis (the trainer smoke test needs torch)
+test: install-train
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q

@@ -128,7 +128,7 @@ def test_build_lmdb_tool_and_lmdb_layout(tiny_cfp: Path, tmp_path: Path, capsys)
     assert max(frontal) < min(profile)
     dataset = FaceDataset(db, db.select(IdentityRange("006", "006")), [0] * 4)
     x, y = dataset[0]
-    assert x.shape == (3, 112, 112) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0 and int(y) == 0
+    assert x.shape == (3, 112, 112) and float(x.min()) >= -1.0 and float(x.max()) <= 1.0 and int(y) == 0
 
 
 def test_yaw_ratio() -> None:

@@ -1,4 +1,4 @@
-"""The ``veilface`` command line (also ``python -m veilface``): keys, API keys, galleries, models.
+"""The ``veilface`` command line (also ``python -m veilface``): keys, API keys, galleries, models, eval.
 
 Key commands run where the gateway runs: they write the secret key file.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from pathlib import Path
 
 import click
 
@@ -108,6 +109,91 @@ def keys_revoke_api_key(settings: Settings, key_id: int) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@keys.command("rotate")
+@click.option(
+    "--keep-old",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Move the old key files here instead of deleting them (rollback; erasure is then incomplete).",
+)
+@click.confirmation_option(prompt="Replace the key set and drop every template (all must be enrolled again)?")
+@click.pass_obj
+def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
+    """New CKKS key set and queue key; every template is dropped and must be enrolled again.
+
+    Run it where the gateway runs, then give the workers the new public.ctx (embedders also
+    queue.key) and restart the gateway and every worker. See docs/reliability.md.
+    """
+    from veilface.rotation import rotate_keys
+
+    rotation = rotate_keys(settings, _sessions(settings), keep_old=keep_old)
+    click.echo(f"new key set {rotation.new_fingerprint} in {settings.keys_path}")
+    old = rotation.old_fingerprint[:12] if rotation.old_fingerprint else "none"
+    kept = f"moved to {rotation.old_keys_kept_in}" if rotation.old_keys_kept_in else "deleted"
+    click.echo(f"old key set {old}: {kept}")
+    click.echo(
+        f"dropped {rotation.templates_dropped} templates; "
+        f"{rotation.subjects_to_reenroll} subjects must be enrolled again"
+    )
+    click.echo("next: copy public.ctx (and queue.key for embedders) to the workers, restart everything")
+
+
+@main.command("backup")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--keys-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also copy the key files into this folder; store it apart from the database backup.",
+)
+@click.pass_obj
+def backup(settings: Settings, out: Path, keys_out: Path | None) -> None:
+    """Write a consistent snapshot of the database to the empty folder OUT (ciphertexts only)."""
+    from veilface import backup as backups
+    from veilface.workers import deployment_key_set
+
+    engine = make_engine(settings)
+    with session_scope(session_factory(engine)) as session:
+        fingerprint = deployment_key_set(session)
+    manifest = backups.backup_database(engine, out, key_fingerprint=fingerprint)
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    click.echo(f"database: {rows} rows in {len(manifest['tables'])} tables -> {out}")
+    if keys_out is None:
+        click.echo("keys not included: back them up separately (--keys-out), never beside the database")
+    else:
+        click.echo(f"keys: key set {backups.backup_keys(settings.keys_path, keys_out)[:12]} -> {keys_out}")
+
+
+@main.command("restore")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--keys-from",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Also install the key files backed up in this folder.",
+)
+@click.option("--force", is_flag=True, help="Replace a non-empty database or a different key set.")
+@click.pass_obj
+def restore(settings: Settings, src: Path, keys_from: Path | None, force: bool) -> None:
+    """Load the database backup SRC into the configured database (and the keys); stop the stack first."""
+    from veilface import backup as backups
+    from veilface.crypto.public import fingerprint_of
+
+    expected = backups.read_manifest(src).get("key_fingerprint")
+    if keys_from is not None:
+        installed = backups.restore_keys(keys_from, settings.keys_path, force=force)
+        click.echo(f"keys: key set {installed[:12]} -> {settings.keys_path}")
+    public = settings.public_context_path
+    current = fingerprint_of(public.read_bytes()) if public.is_file() else None
+    if expected and current != expected and not force:
+        raise click.ClickException(
+            f"the backup was made under key set {expected[:12]}, the key files here are "
+            f"{(current or 'missing')[:12]}: restore its keys with --keys-from (or --force)"
+        )
+    restored = backups.restore_database(make_engine(settings), src, force=force)
+    click.echo(f"database: {sum(restored.values())} rows restored from {src}")
+
+
 @main.group()
 def galleries() -> None:
     """Inspect and manage galleries."""
@@ -155,6 +241,83 @@ def models_activate(settings: Settings, version: str) -> None:
     """Make VERSION the model new templates and probes are made with."""
     model = ModelRegistry(settings).activate(version)
     click.echo(f"active model: {model.version}; embedders pick it up when they restart")
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Accuracy on face data sets, through the production face path (see docs/accuracy.md)."""
+
+
+@eval_group.command("pairs")
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Lines '[fold] path1 path2 label' (1 same, 0 different), LFW's pairs.txt or CFP's pairs_F*.txt.",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Image folder.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Report (JSON).")
+@click.option(
+    "--model",
+    default=None,
+    help="Model version, VERSION@noflip, or an ensemble A+B; default: the active version.",
+)
+@click.option("--encrypted", is_flag=True, help="Also score every pair under CKKS encryption and compare.")
+@click.option("--processes", default=2, show_default=True, help="Worker processes (one thread each).")
+@click.option("--detector-size", type=int, default=None, help="SCRFD input side (production: 640).")
+@click.option("--pad", type=float, default=0.0, show_default=True, help="Border added before detection.")
+@click.pass_obj
+def eval_pairs(
+    settings: Settings,
+    pairs_file: Path,
+    root: Path,
+    out: Path,
+    model: str | None,
+    encrypted: bool,
+    processes: int,
+    detector_size: int | None,
+    pad: float,
+) -> None:
+    """10-fold accuracy, TAR at FAR 1e-3 and 1e-4 and failures to detect on a pair list.
+
+    Folds come from the file when it has them, else pair i is in fold i % 10 + 1. Writes OUT and,
+    beside it, OUT's ROC curve and score histogram as PNG files.
+    """
+    from veilface.eval.protocols import read_pair_file
+    from veilface.eval.variants import Variant
+    from veilface.eval.verify import evaluate_pair_file
+
+    variant = Variant.parse(
+        model or ModelRegistry(settings).active().version, default_flip=settings.flip_fusion
+    )
+    report = evaluate_pair_file(
+        settings,
+        read_pair_file(pairs_file, root),
+        variant,
+        out,
+        encrypted=encrypted,
+        processes=processes,
+        detector_size=detector_size,
+        pad=pad,
+    )
+    tar = ", ".join(f"TAR@FAR{far} {v['tar']:.4f}" for far, v in report["tar_at_far"].items())
+    click.echo(
+        f"{variant.name}: {report['pairs']} pairs, accuracy {report['accuracy']:.4%} "
+        f"± {report['accuracy_std']:.4%}, {tar}, images without a face {report['detection']['no_face']}"
+    )
+    if encrypted:
+        enc = report["encrypted"]
+        click.echo(
+            f"encrypted: {enc['decision_disagreements_protocol']} decision disagreements, "
+            f"max |encrypted - plaintext| {enc['max_abs_difference']:.2e}"
+        )
+    click.echo(f"report: {out}")
 
 
 def run() -> None:

@@ -55,6 +55,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     #: Seconds the gateway waits for a worker answer before replying 503.
     task_timeout_s: float = 60.0
+    #: Seconds a task may stay unacknowledged on Redis before it is delivered again (its worker
+    #: was killed); keep it above the longest task, a compaction.
+    broker_visibility_timeout_s: float = 120.0
     #: Seconds after which a worker that sent no heartbeat counts as gone.
     worker_ttl_s: float = 30.0
     #: Templates in the delta of a gallery that trigger a compaction.

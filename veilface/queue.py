@@ -43,8 +43,15 @@ def make_celery(settings: Settings) -> Celery:
         sqla_transport.Transport.polling_interval = SQLA_POLL_S
         conf["worker_enable_remote_control"] = False
     else:
-        # Redelivery of a task whose worker died without acknowledging it.
-        conf["broker_transport_options"] = {"visibility_timeout": 120}
+        # Redelivery of a task whose worker died without acknowledging it: after the visibility
+        # timeout, found by a sweep every tenth of it (kombu's default sweeps only every tenth
+        # tick, which adds up to 100 s).
+        visibility = settings.broker_visibility_timeout_s
+        conf["broker_transport_options"] = {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1, min(10, round(visibility / 10))),
+            "unacked_restore_throttle": 1,
+        }
         conf["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     app.conf.update(conf)
     return app

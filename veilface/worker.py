@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,9 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from veilface import errors
 from veilface.config import Settings
 from veilface.crypto.public import PublicContext
-from veilface.store.db import create_schema, make_engine, session_factory
+from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Worker
-from veilface.workers import Heartbeat
+from veilface.workers import Heartbeat, check_key_set
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ class WorkerRuntime:
 
 
 def load_runtime(settings: Settings) -> WorkerRuntime:
-    """Open the store and the public context; exit with a clear line if it holds a secret key."""
+    """Open the store and the public context; exit (status 3) with a clear line if the context
+    holds a secret key or belongs to another key set than the one the gateway announced."""
     try:
         context = PublicContext.load(settings.public_context_path)
     except errors.VeilfaceError as exc:
@@ -40,8 +42,30 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
         sys.exit(3)
     engine = make_engine(settings)
     create_schema(engine)
+    sessions = session_factory(engine)
+    _wait_for_key_set(sessions, context.fingerprint, settings.worker_ttl_s)
     log.info("public context %s loaded (no secret key)", context.fingerprint[:12])
-    return WorkerRuntime(settings, session_factory(engine), context)
+    return WorkerRuntime(settings, sessions, context)
+
+
+def _wait_for_key_set(sessions: sessionmaker[Session], fingerprint: str, grace_s: float) -> None:
+    """Return once the deployment's key set is ``fingerprint`` (or none is announced yet).
+
+    A gateway restarting with a new key set announces it a few seconds after start, so a
+    mismatch is given ``grace_s`` to resolve before the worker exits with status 3.
+    """
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            with session_scope(sessions) as session:
+                check_key_set(session, fingerprint)
+            return
+        except errors.KeyMismatch as exc:
+            if time.monotonic() >= deadline:
+                log.critical("refusing to start: %s", exc.message)
+                sys.exit(3)
+            log.warning("waiting for the gateway to announce this key set: %s", exc.message)
+        time.sleep(2.0)
 
 
 def direct_queue(nodename: str) -> str:
@@ -80,5 +104,6 @@ def announce(
         heartbeat.start()
         worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
         log.info(
-            "%s %s online (queue %s, model %s, provider %s)", kind, sender, consumed, model_version, provider
+            "%s %s online (queue %s, model %s, provider %s, key set %s)",
+            *(kind, sender, consumed, model_version(), provider, runtime.context.fingerprint[:12]),
         )

@@ -1,21 +1,27 @@
 """Worker presence: each worker process writes a heartbeat row; the gateway reads them.
 
 ``/readyz`` needs at least one live worker of each kind, and the shard router spreads
-packed blocks over the live matchers whose key fingerprint is the gateway's.
+packed blocks over the live matchers whose key fingerprint is the gateway's. The gateway
+also writes one row of kind ``gateway`` with its key fingerprint (:func:`announce_key_set`):
+a worker whose public context belongs to another key set refuses to start, and stops if
+the deployment's key set changes under it (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from veilface.errors import KeyMismatch
 from veilface.store.db import session_scope
 from veilface.store.models import Worker, utcnow
 
@@ -23,6 +29,46 @@ log = logging.getLogger(__name__)
 
 EMBEDDER = "embedder"
 MATCHER = "matcher"
+GATEWAY = "gateway"
+#: Name of the row holding the key fingerprint of the deployment (the gateway's key set).
+KEY_SET_ROW = "gateway"
+
+
+def set_key_set(session: Session, fingerprint: str) -> None:
+    """Record ``fingerprint`` as the deployment's key set, in the caller's transaction."""
+    row = session.get(Worker, KEY_SET_ROW)
+    if row is None:
+        session.add(Worker(name=KEY_SET_ROW, kind=GATEWAY, queue="-", key_fingerprint=fingerprint))
+    else:
+        row.key_fingerprint, row.last_seen = fingerprint, utcnow()
+
+
+def announce_key_set(sessions: sessionmaker[Session], fingerprint: str) -> None:
+    """Record ``fingerprint`` as the deployment's key set (the gateway, at start)."""
+    for attempt in range(2):
+        try:
+            with session_scope(sessions) as session:
+                set_key_set(session, fingerprint)
+            return
+        except IntegrityError:  # another gateway process inserted the row first
+            if attempt:
+                raise
+
+
+def deployment_key_set(session: Session) -> str | None:
+    """The key fingerprint the gateway announced, ``None`` before any gateway started."""
+    row = session.get(Worker, KEY_SET_ROW)
+    return None if row is None else row.key_fingerprint
+
+
+def check_key_set(session: Session, fingerprint: str) -> None:
+    """Raise :class:`KeyMismatch` if the deployment announced a key set other than ``fingerprint``."""
+    expected = deployment_key_set(session)
+    if expected is not None and expected != fingerprint:
+        raise KeyMismatch(
+            f"public context {fingerprint[:12]} is not this deployment's key set {expected[:12]} "
+            "(announced by the gateway); install the deployment's public.ctx"
+        )
 
 
 def worker_name(kind: str) -> str:
@@ -34,7 +80,10 @@ class Heartbeat(threading.Thread):
     """Upserts this worker's row every ``interval`` seconds until :meth:`stop`.
 
     ``model_version`` is asked at every beat, so an embedder that switched to a newly
-    activated model announces it without a restart.
+    activated model announces it without a restart. Each beat also compares the worker's key
+    set with the deployment's; on a mismatch the worker logs it and shuts down (``on_refused``,
+    by default a warm shutdown through SIGTERM), so a key rotation cannot leave old workers
+    serving.
     """
 
     def __init__(
@@ -43,16 +92,20 @@ class Heartbeat(threading.Thread):
         row: Worker,
         model_version: Callable[[], str | None],
         interval: float = 5.0,
+        on_refused: Callable[[], None] | None = None,
     ):
         super().__init__(name=f"heartbeat-{row.name}", daemon=True)
         self._sessions = sessions
         self._row = row
         self._model_version = model_version
         self._interval = interval
+        self._on_refused = on_refused or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         self._stopped = threading.Event()
 
     def beat(self) -> None:
+        """Upsert the row; raises :class:`KeyMismatch` (writing nothing) for a foreign key set."""
         with session_scope(self._sessions) as session:
+            check_key_set(session, self._row.key_fingerprint)
             row = session.get(Worker, self._row.name)
             if row is None:
                 row = Worker(
@@ -70,6 +123,10 @@ class Heartbeat(threading.Thread):
         while not self._stopped.is_set():
             try:
                 self.beat()
+            except KeyMismatch as exc:
+                log.critical("%s refuses to go on serving: %s", self._row.name, exc.message)
+                self._on_refused()
+                return
             except Exception:  # the database may be down for a while; keep trying
                 log.warning("heartbeat of %s failed; retrying", self._row.name, exc_info=True)
             self._stopped.wait(self._interval)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from veilface import errors
@@ -67,13 +68,34 @@ class ActiveModel:
             self.stamp, self.model = stamp, model
         return self.model, self.pipeline
 
+    def templated(self, embedding: np.ndarray, projection: str | None) -> tuple[str, np.ndarray]:
+        """Template version and vector for a gallery: the model's own, or through its projection."""
+        if projection is None:
+            return self.model.version, embedding
+        fitted = self.registry.projection(projection)
+        if fitted.base_version != self.model.version:
+            raise errors.Conflict(
+                f"projection {projection!r} was fitted for {fitted.base_version}, not {self.model.version}"
+            )
+        return fitted.version, fitted.apply(embedding)
+
 
 active = ActiveModel(ModelRegistry(settings))
+
+
+def announced_version() -> str:
+    """The version the next task will use: the registry's active one (loaded on that task)."""
+    try:
+        return active.registry.active().version
+    except Exception:  # an unreadable registry: report what is loaded
+        return active.model.version
+
+
 announce(
     runtime,
     EMBEDDER,
     queue=EMBED_QUEUE,
-    model_version=lambda: active.model.version,
+    model_version=announced_version,
     provider=active.pipeline.providers["recognizer"],
 )
 
@@ -84,34 +106,57 @@ def _image(sealed: str) -> bytes:
     return sealer.open(b64decode(sealed))
 
 
+def _check_model(model: ModelVersion, expected: str | None) -> None:
+    """Refuse a task for another model version than this embedder's (its registry differs)."""
+    if expected is not None and expected != model.version:
+        log.error(
+            "refusing task: this embedder makes %s embeddings, the gateway's active model is %s "
+            "(check VEILFACE_MODEL_DIR)",
+            model.version,
+            expected,
+        )
+        raise errors.Unavailable(f"an embedder runs model {model.version}, not the active {expected}")
+
+
 @app.task(name=TASK_ENROLL, **TASK_OPTIONS)
-def enroll(gallery_id: int, subject_name: str, image_sha256: str, sealed_image: str, largest: bool) -> dict:
+def enroll(
+    gallery_id: int,
+    subject_name: str,
+    image_sha256: str,
+    sealed_image: str,
+    largest: bool,
+    model_version: str | None = None,
+    projection: str | None = None,
+) -> dict:
     """Encrypt the face of one image into the gallery's delta; idempotent per image hash.
 
     The subject is created in the same transaction as its first template, so a refused
-    photo never leaves an empty subject behind.
+    photo never leaves an empty subject behind. ``model_version`` is the gateway's active
+    version: an embedder running another one refuses the task (503).
     """
     model, pipeline = active.current()
     try:
+        _check_model(model, model_version)
         face = pipeline.select_for_enrollment(pipeline.analyze(_image(sealed_image)), largest=largest)
+        version, vector = active.templated(face.embedding, projection)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
     box = FaceBox(face.box, face.score)
     with session_scope(runtime.sessions) as session:
         subject_id = store.get_or_create_subject(session, session.get(Gallery, gallery_id), subject_name).id
-        existing = store.find_template(session, gallery_id, subject_id, model.version, image_sha256)
+        existing = store.find_template(session, gallery_id, subject_id, version, image_sha256)
         if existing is not None:
-            return EnrollResult(existing.id, model.version, box, created=False).to_message()
-        block_no, slot = place(store.next_sequence(session, gallery_id, model.version), model.dim)
+            return EnrollResult(existing.id, version, box, created=False).to_message()
+        block_no, slot = place(store.next_sequence(session, gallery_id, version), len(vector))
         template = Template(
             gallery_id=gallery_id,
             subject_id=subject_id,
-            model_version=model.version,
+            model_version=version,
             image_sha256=image_sha256,
             block_no=block_no,
             slot=slot,
             state="delta",
-            ciphertext=encrypt_template(runtime.context, face.embedding, slot),
+            ciphertext=encrypt_template(runtime.context, vector, slot),
         )
         session.add(template)
         try:
@@ -119,35 +164,46 @@ def enroll(gallery_id: int, subject_name: str, image_sha256: str, sealed_image: 
         except IntegrityError:
             # A redelivered copy of this task enrolled the same image first.
             session.rollback()
-            existing = store.find_template(session, gallery_id, subject_id, model.version, image_sha256)
-            return EnrollResult(existing.id, model.version, box, created=False).to_message()
-        return EnrollResult(template.id, model.version, box, created=True).to_message()
+            existing = store.find_template(session, gallery_id, subject_id, version, image_sha256)
+            return EnrollResult(existing.id, version, box, created=False).to_message()
+        return EnrollResult(template.id, version, box, created=True).to_message()
 
 
 @app.task(name=TASK_PROBE, **TASK_OPTIONS)
-def probe(sealed_image: str, as_template: bool = False) -> list[dict] | dict:
+def probe(
+    sealed_image: str,
+    as_template: bool = False,
+    model_version: str | None = None,
+    projection: str | None = None,
+) -> list[dict] | dict:
     """Every face of a query image, each encrypted as a probe unless it failed quality.
 
     ``as_template`` encrypts in the template layout (slot 0) instead: the second photo
-    of a 1:1 comparison.
+    of a 1:1 comparison. ``model_version`` is the gateway's active version, as for enroll;
+    ``projection`` the gallery's compact-template projection, if any.
     """
     model, pipeline = active.current()
     try:
+        _check_model(model, model_version)
         faces = pipeline.analyze(_image(sealed_image))
     except errors.VeilfaceError as exc:
         return error_payload(exc)
 
-    def encrypt(embedding) -> str:
+    def encrypt(vector: np.ndarray) -> str:
         if as_template:
-            return b64encode(encrypt_template(runtime.context, embedding, 0))
-        return b64encode(encrypt_probe(runtime.context, embedding))
+            return b64encode(encrypt_template(runtime.context, vector, 0))
+        return b64encode(encrypt_probe(runtime.context, vector))
 
+    try:
+        templated = [active.templated(face.embedding, projection) for face in faces]
+    except errors.VeilfaceError as exc:
+        return error_payload(exc)
     return [
         Probe(
             face=FaceBox(face.box, face.score),
-            model_version=model.version,
-            ciphertext=None if face.quality_reason else encrypt(face.embedding),
+            model_version=version,
+            ciphertext=None if face.quality_reason else encrypt(vector),
             quality_reason=face.quality_reason,
         ).to_message()
-        for face in faces
+        for face, (version, vector) in zip(faces, templated, strict=True)
     ]

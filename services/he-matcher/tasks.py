@@ -8,7 +8,12 @@ Scale out by starting more of them: each takes its own direct queue.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
 
 from veilface import errors
 from veilface.config import load_settings
@@ -52,13 +57,44 @@ def _shard(gallery_id: int, model_version: str, dim: int) -> Shard:
     return shard
 
 
+def _search_request(message: object) -> SearchRequest:
+    """Parse a search message; anything malformed is refused in one log line, not a traceback."""
+    try:
+        request = SearchRequest.from_message(message)
+    except TypeError:
+        raise errors.BadRequest("malformed search message") from None
+    well_typed = (
+        isinstance(request.gallery_id, int)
+        and isinstance(request.model_version, str)
+        and isinstance(request.probe, str)
+        and isinstance(request.blocks, list)
+        and all(isinstance(b, int) for b in request.blocks)
+    )
+    if not well_typed:
+        raise errors.BadRequest("malformed search message")
+    return request
+
+
+def _ciphertext(text: object) -> tuple[bytes, int]:
+    """Bytes and template dimension of a base64 ciphertext; refused unless the keys serve it."""
+    if not isinstance(text, str):
+        raise errors.InvalidCiphertext("a ciphertext must be base64 text")
+    blob = b64decode(text)
+    dim = peek_dim(blob)
+    try:
+        runtime.context.params.check_dim(dim)
+    except ValueError as exc:
+        raise errors.InvalidCiphertext(str(exc)) from None
+    return blob, dim
+
+
 @app.task(name=TASK_SEARCH, **TASK_OPTIONS)
 def search(message: dict) -> list[dict] | dict:
     """Score one probe on the blocks (packed and delta) the gateway assigned to this worker."""
-    request = SearchRequest.from_message(message)
     try:
-        probe = b64decode(request.probe)
-        shard = _shard(request.gallery_id, request.model_version, peek_dim(probe))
+        request = _search_request(message)
+        probe, dim = _ciphertext(request.probe)
+        shard = _shard(request.gallery_id, request.model_version, dim)
         shard.assign(request.blocks)
         with session_scope(runtime.sessions) as session:
             shard.refresh(session)
@@ -72,15 +108,42 @@ def search(message: dict) -> list[dict] | dict:
 def pair(probe_b64: str, template_b64: str) -> dict:
     """1:1 score of a probe against one template ciphertext (slot 0), both encrypted."""
     try:
-        probe, template = b64decode(probe_b64), b64decode(template_b64)
-        dim = peek_dim(probe)
+        (probe, dim), (template, _) = _ciphertext(probe_b64), _ciphertext(template_b64)
         ctx = runtime.context
         groups = merge_groups(ctx, dim, [(0, load_template(ctx, template, dim))])
         scores = score_delta(ctx, groups, prepare_probe(ctx, probe, dim), MaskCache(ctx, dim))
         result = ScoreResult(0, 0, "delta", dim, (0,), ctx.dumps(scores, Kind.SCORE))
         return score_to_message(result)
     except errors.VeilfaceError as exc:
+        log.warning("pair refused: %s", exc.message)
         return error_payload(exc)
+
+
+@contextmanager
+def _compaction_lock(gallery_id: int, model_version: str) -> Iterator[bool]:
+    """Yield whether this worker may compact the gallery now: one compaction per gallery at a time.
+
+    Two matchers compacting the same new block at once could each fold into an empty block,
+    the second overwriting the first's diagonals. The gateway asks for a compaction after
+    every enrollment past the threshold, so with several matchers that is common. On MySQL
+    a named lock (held by this connection, released if the worker dies) serialises them; a
+    compaction that finds it taken returns at once (the running one, or the next request,
+    folds the rest) instead of keeping this matcher from its searches. SQLite allows one
+    writer at a time and refuses a write from a stale snapshot, so it needs no lock.
+    """
+    engine = runtime.sessions.kw["bind"]
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        yield True
+        return
+    digest = hashlib.sha256(f"{gallery_id}:{model_version}".encode()).hexdigest()[:32]
+    name = f"veilface-compact-{digest}"
+    with engine.connect() as conn:
+        acquired = conn.scalar(text("SELECT GET_LOCK(:name, 0)"), {"name": name}) == 1
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
 @app.task(name=TASK_COMPACT, **TASK_OPTIONS)
@@ -90,15 +153,19 @@ def compact(gallery_id: int, model_version: str) -> dict:
     A compaction killed halfway leaves every block either folded or untouched (each
     block's transaction rolls back as a whole); the next compaction finishes the job.
     """
-    folded = 0
-    with session_scope(runtime.sessions) as session:
-        pending = repository.delta_index(session, gallery_id, model_version)
-        dims = repository.delta_ciphertexts(session, [pending[0].template_id]) if pending else {}
-    if not pending:
-        return {"folded": 0}
-    dim = peek_dim(next(iter(dims.values())))
-    for block_no in sorted({entry.block_no for entry in pending}):
+    with _compaction_lock(gallery_id, model_version) as acquired:
+        if not acquired:
+            log.info("compaction of gallery %d already running elsewhere; skipped", gallery_id)
+            return {"folded": 0, "skipped": True}
+        folded = 0
         with session_scope(runtime.sessions) as session:
-            folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
-    log.info("compacted %d templates of gallery %d (%s)", folded, gallery_id, model_version)
-    return {"folded": folded}
+            pending = repository.delta_index(session, gallery_id, model_version)
+            dims = repository.delta_ciphertexts(session, [pending[0].template_id]) if pending else {}
+        if not pending:
+            return {"folded": 0}
+        dim = peek_dim(next(iter(dims.values())))
+        for block_no in sorted({entry.block_no for entry in pending}):
+            with session_scope(runtime.sessions) as session:
+                folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
+        log.info("compacted %d templates of gallery %d (%s)", folded, gallery_id, model_version)
+        return {"folded": folded}

@@ -15,6 +15,7 @@ from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
+from veilface.workers import announce_key_set
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             create_api_key(session, "bootstrap", "admin", key=settings.bootstrap_api_key)
 
     keys = SecretContext.load(settings.secret_context_path)
+    # Workers compare their public context with this; one of another key set refuses to run.
+    announce_key_set(sessions, keys.fingerprint)
     gateway = Gateway(
         settings, sessions, make_celery(settings), keys, PayloadSealer.from_file(settings.queue_key_path)
     )

@@ -21,7 +21,11 @@ def presented_key() -> str | None:
 
 
 def require_key(scope: str = "read") -> Callable:
-    """Decorator: the request must carry a live key; ``scope='admin'`` for changes."""
+    """Decorator: the request must carry a live key; ``scope='admin'`` for changes.
+
+    A key bound to a gallery (CompreFace-style) acts on that gallery only: a view whose
+    ``gallery`` argument names another one is forbidden.
+    """
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
@@ -35,6 +39,9 @@ def require_key(scope: str = "read") -> Callable:
                 g.api_key_id, g.api_key_scope, g.api_key_gallery = row.id, row.scope, row.gallery
             if scope == "admin" and g.api_key_scope != "admin":
                 raise errors.Forbidden("this API key is read-only")
+            bound = g.api_key_gallery
+            if bound is not None and kwargs.get("gallery", bound) != bound:
+                raise errors.Forbidden(f"this API key is bound to gallery {bound!r}")
             gateway.rate_limiter.check(g.api_key_id)
             return view(*args, **kwargs)
 

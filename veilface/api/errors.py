@@ -21,7 +21,7 @@ def error_response(exc: errors.VeilfaceError):
     response = jsonify({"error": {"code": exc.code, "message": exc.message}})
     response.status_code = exc.status
     if exc.status in (429, 503):
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        response.headers["Retry-After"] = str(getattr(exc, "retry_after", RETRY_AFTER_S))
     return response
 
 

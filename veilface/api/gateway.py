@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors, sharding
@@ -89,7 +90,8 @@ class Gateway:
         self.keys = keys
         self.sealer = sealer
         self.registry = ModelRegistry(settings)
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.celery_broker_url)
+        self._foreign_seen: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -129,12 +131,21 @@ class Gateway:
     def enroll(self, gallery_name: str, subject_name: str, images: list[bytes], *, largest: bool) -> dict:
         """Enroll every image for a subject (created on first use); all or nothing per image."""
         with self.session() as session:
-            gallery_id = store.get_or_create_gallery(session, gallery_name).id
+            gallery = store.get_or_create_gallery(session, gallery_name)
+            gallery_id, projection = gallery.id, gallery.projection
         results = [
             EnrollResult.from_message(
                 self._call(
                     TASK_ENROLL,
-                    [gallery_id, subject_name, hashlib.sha256(img).hexdigest(), self._sealed(img), largest],
+                    [
+                        gallery_id,
+                        subject_name,
+                        hashlib.sha256(img).hexdigest(),
+                        self._sealed(img),
+                        largest,
+                        self.registry.active().version,
+                        projection,
+                    ],
                     EMBED_QUEUE,
                 )
             )
@@ -150,10 +161,15 @@ class Gateway:
         }
 
     def _maybe_compact(self, gallery_id: int, model_version: str) -> None:
-        with self.session() as session:
-            pending = store.delta_size(session, gallery_id, model_version)
-        if pending >= self.settings.compaction_threshold:
-            self.request_compaction(gallery_id, model_version)
+        """Queue a compaction when the delta is full; the templates are stored already, so a
+        backend failure here is logged, not returned (the next enrollment asks again)."""
+        try:
+            with self.session() as session:
+                pending = store.delta_size(session, gallery_id, model_version)
+            if pending >= self.settings.compaction_threshold:
+                self.request_compaction(gallery_id, model_version)
+        except (BrokerError, DBAPIError, OSError) as exc:
+            log.warning("compaction of gallery %d not queued: %s", gallery_id, type(exc).__name__)
 
     def request_compaction(self, gallery_id: int, model_version: str):
         """Queue a compaction of the gallery's delta (public keys only, on a matcher)."""
@@ -161,13 +177,17 @@ class Gateway:
 
     # -- search -----------------------------------------------------------------------
 
-    def probes(self, image: bytes, *, as_template: bool = False) -> list[Probe]:
+    def probes(
+        self, image: bytes, *, as_template: bool = False, projection: str | None = None
+    ) -> list[Probe]:
         """Detect every face of ``image`` and encrypt a probe for each usable one.
 
         ``as_template`` encrypts each face in the template layout instead (slot 0), for a
-        1:1 comparison of two photos.
+        1:1 comparison of two photos; ``projection`` is the searched gallery's
+        compact-template projection, if it has one.
         """
-        faces = self._call(TASK_PROBE, [self._sealed(image), as_template], EMBED_QUEUE)
+        active = self.registry.active().version
+        faces = self._call(TASK_PROBE, [self._sealed(image), as_template, active, projection], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
     def _scatter(self, gallery_id: int, model_version: str, probe: str) -> list[ScoreResult]:
@@ -179,11 +199,7 @@ class Gateway:
         """
         with self.session() as session:
             block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
-            matchers = [
-                w
-                for w in live_workers(session, MATCHER, self.settings.worker_ttl_s)
-                if w.key_fingerprint == self.keys.fingerprint
-            ]
+            matchers = self._own_matchers(live_workers(session, MATCHER, self.settings.worker_ttl_s))
         if not block_nos:
             return []
         if not matchers:
@@ -206,6 +222,19 @@ class Gateway:
             scores.extend(score_from_message(m) for m in self._wait(result, TASK_SEARCH))
         return scores
 
+    def _own_matchers(self, workers: list) -> list:
+        """The matchers of this key set; a matcher of another one is never sent work (logged once)."""
+        for w in workers:
+            if w.key_fingerprint != self.keys.fingerprint and w.name not in self._foreign_seen:
+                self._foreign_seen.add(w.name)
+                log.error(
+                    "ignoring he-matcher %s: its key set %s is not the gateway's %s",
+                    w.name,
+                    w.key_fingerprint[:12],
+                    self.keys.fingerprint[:12],
+                )
+        return [w for w in workers if w.key_fingerprint == self.keys.fingerprint]
+
     def search(
         self, gallery_id: int, model_version: str, probe: str, top_k: int, subject_filter: str | None = None
     ) -> list[Candidate]:
@@ -223,9 +252,10 @@ class Gateway:
     ) -> list[IdentifiedFace]:
         """Every face of ``image`` with its top candidates and the decision."""
         with self.session() as session:
-            gallery_id = store.get_gallery(session, gallery_name).id
+            gallery = store.get_gallery(session, gallery_name)
+            gallery_id, projection = gallery.id, gallery.projection
         faces = []
-        for probe in self.probes(image):
+        for probe in self.probes(image, projection=projection):
             if probe.ciphertext is None:
                 faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason))
                 continue
@@ -240,8 +270,8 @@ class Gateway:
         with self.session() as session:
             gallery = store.get_gallery(session, gallery_name)
             store.get_subject(session, gallery, subject_name)
-            gallery_id = gallery.id
-        probe = self._single_probe(image)
+            gallery_id, projection = gallery.id, gallery.projection
+        probe = self._single_probe(image, projection=projection)
         candidates = self.search(gallery_id, probe.model_version, probe.ciphertext, 1, subject_name)
         if not candidates:
             raise errors.UnknownSubject(
@@ -263,8 +293,10 @@ class Gateway:
         ((_, similarity),) = ranking.top_k(decrypted, {(0, 0): "pair"}, 1, self.keys.slots)
         return round(similarity, 6)
 
-    def _single_probe(self, image: bytes, *, as_template: bool = False) -> Probe:
-        probes = self.probes(image, as_template=as_template)
+    def _single_probe(
+        self, image: bytes, *, as_template: bool = False, projection: str | None = None
+    ) -> Probe:
+        probes = self.probes(image, as_template=as_template, projection=projection)
         if not probes:
             raise errors.NoFace()
         best = max(probes, key=lambda p: p.face.box[2] * p.face.box[3])

@@ -32,12 +32,14 @@ def _check_broker(gateway) -> dict:
 
 
 def _check_workers(gateway, kind: str) -> dict:
+    """At least one live worker of this key set, and none of another: a worker of another key set
+    (a half-done key rotation, a wrong key volume) is never sent work and fails readiness."""
     with gateway.session() as session:
         workers = live_workers(session, kind, gateway.settings.worker_ttl_s)
     good = [w for w in workers if w.key_fingerprint == gateway.keys.fingerprint]
     foreign = [w.name for w in workers if w.key_fingerprint != gateway.keys.fingerprint]
     return {
-        "ok": bool(good),
+        "ok": bool(good) and not foreign,
         "online": [{"name": w.name, "model_version": w.model_version, "provider": w.provider} for w in good],
         "refused_foreign_keys": foreign,
     }
@@ -49,11 +51,15 @@ def _check_model(gateway) -> dict:
 
 
 def _check_embedder_model(gateway) -> dict:
-    """Embedders must run the active model version, else their probes would be unsearchable."""
+    """Embedders must run the active model version, else their probes would be unsearchable.
+
+    An embedder on another version refuses every task (it would answer 503), so one is enough
+    to fail readiness.
+    """
     result = _check_workers(gateway, EMBEDDER)
     active = gateway.registry.active().version
     stale = [w["name"] for w in result["online"] if w["model_version"] != active]
-    result["ok"] = result["ok"] and len(stale) < len(result["online"])
+    result["ok"] = result["ok"] and not stale
     result["wrong_model_version"] = stale
     return result
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from veilface import errors
 from veilface.api.auth import audit, require_key
@@ -136,7 +136,10 @@ def verify_pair():
 @require_key("read")
 def list_galleries():
     with gateway().session() as session:
-        return jsonify({"galleries": store.list_galleries(session)})
+        galleries = store.list_galleries(session)
+    if g.api_key_gallery is not None:  # a gallery-bound key sees its own gallery only
+        galleries = [entry for entry in galleries if entry["name"] == g.api_key_gallery]
+    return jsonify({"galleries": galleries})
 
 
 @blueprint.put("/galleries/<gallery>")

@@ -82,9 +82,7 @@ class EncryptedPairScorer:
         if self._pool is None:
             raise RuntimeError("use EncryptedPairScorer as a context manager")
         results = self._pool.imap(_score, pairs, chunksize=8)
-        return np.fromiter(
-            tqdm(results, total=len(pairs), desc=desc, mininterval=30, disable=None), dtype=np.float64
-        )
+        return np.fromiter(tqdm(results, total=len(pairs), desc=desc, mininterval=60), dtype=np.float64)
 
 
 _public: PublicContext | None = None

@@ -68,7 +68,11 @@ def verification_report(
         report["tar_at_far"][f"{far:g}"] = {"tar": round(tar, 6), "threshold": round(cut, 6)}
     if threshold is not None:
         fmr, fnmr = error_rates(scores, labels, threshold)
-        report["at_default_threshold"] = {"threshold": threshold, "fmr": round(fmr, 6), "fnmr": round(fnmr, 6)}
+        report["at_default_threshold"] = {
+            "threshold": threshold,
+            "fmr": round(fmr, 6),
+            "fnmr": round(fnmr, 6),
+        }
     return report
 
 
@@ -84,7 +88,11 @@ def detection_report(results: Sequence[ImageResult]) -> dict:
 
 
 def encrypted_agreement(
-    plain: np.ndarray, encrypted: np.ndarray, labels: np.ndarray, folds: np.ndarray, thresholds: Sequence[float]
+    plain: np.ndarray,
+    encrypted: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    thresholds: Sequence[float],
 ) -> dict:
     """Compare encrypted scores with plaintext ones: largest difference and decision disagreements.
 

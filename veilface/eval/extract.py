@@ -122,7 +122,7 @@ class FaceExtractor:
         if self._pool is None:
             raise RuntimeError("use FaceExtractor as a context manager")
         results = self._pool.imap(_process, jobs, chunksize=4)
-        return list(tqdm(results, total=len(jobs), desc=desc, mininterval=30, disable=None))
+        return list(tqdm(results, total=len(jobs), desc=desc, mininterval=60))
 
 
 class _Worker:

@@ -1,11 +1,12 @@
 """Verification protocols: lists of image pairs read from the usual pair files.
 
-Three formats are understood:
+Three formats are understood (:func:`read_pair_file` tells them apart):
 
 * the generic one of ``veilface eval pairs``: lines ``path1 path2 label`` (label 1 same, 0 different),
   optionally led by a fold number (``fold path1 path2 label``); ``#`` starts a comment;
-* LFW's official View 2 ``pairs.txt``: a ``folds pairs_per_class`` header (``10 300``), then per fold
-  ``pairs_per_class`` matched lines ``name i j`` and as many mismatched lines ``name1 i name2 j``;
+* LFW's ``pairs.txt``: a ``folds pairs_per_class`` header (``10 300``, the official View 2 file), then
+  per fold ``pairs_per_class`` matched lines ``name i j`` and as many mismatched lines
+  ``name1 i name2 j``; or a single pair count (see :func:`read_lfw_pairs`);
 * CFP's ``pairs_FP.txt`` / ``pairs_FF.txt``: lines ``split path1 path2 label``, i.e. the generic format
   with folds (the split is the fold).
 
@@ -64,6 +65,17 @@ class PairList:
         )
 
 
+def read_pair_file(path: str | Path, root: str | Path) -> PairList:
+    """Read a pair file of any of the three formats: LFW's when its first line is one or two integers."""
+    lines = _lines(path)
+    if not lines:
+        raise ValueError(f"{path}: no pairs")
+    header = lines[0][1].split()
+    if len(header) <= 2 and all(field.isdigit() for field in header):
+        return read_lfw_pairs(path, root)
+    return read_pairs(path, root)
+
+
 def read_pairs(path: str | Path, root: str | Path) -> PairList:
     """Read a generic (or CFP) pair file: ``[fold] path1 path2 label`` per line, ``#`` comments.
 
@@ -93,13 +105,17 @@ def read_pairs(path: str | Path, root: str | Path) -> PairList:
 
 
 def read_lfw_pairs(path: str | Path, root: str | Path) -> PairList:
-    """Read LFW's official ``pairs.txt``; images are ``<root>/<name>/<name>_<NNNN>.jpg``.
+    """Read LFW's ``pairs.txt``; images are ``<root>/<name>/<name>_<NNNN>.jpg``.
 
-    Folds are numbered from 1, as the file orders them.
+    Two headers are understood. The official View 2 one, ``folds per_class`` (``10 300``): each fold
+    lists its matched then its mismatched pairs. And a single count ``n`` (the layout of
+    ``pairsDevTrain.txt``, also used by some copies of View 2): all ``n`` matched pairs, then all ``n``
+    mismatched ones; fold ``k`` is then the ``k``-th tenth of each block, which for View 2 (``3000``)
+    gives back the official, identity-disjoint folds. Folds are numbered from 1.
     """
     lines = iter(_lines(path))
     _, header = next(lines)
-    n_folds, per_class = (int(v) for v in header.split())
+    counts = [int(v) for v in header.split()]
     first, second, labels = [], [], []
     for number, line in lines:
         fields = line.split()
@@ -114,14 +130,24 @@ def read_lfw_pairs(path: str | Path, root: str | Path) -> PairList:
             labels.append(False)
         else:
             raise ValueError(f"{path}:{number}: expected 'name i j' or 'name1 i name2 j', got {line!r}")
-    if len(labels) != 2 * n_folds * per_class:
-        raise ValueError(f"{path}: header promises {2 * n_folds * per_class} pairs, found {len(labels)}")
+    if len(counts) == 2:
+        n_folds, per_class = counts
+        folds = np.repeat(np.arange(1, n_folds + 1), 2 * per_class)
+    elif len(counts) == 1 and counts[0] % 10 == 0:
+        folds = np.tile(np.repeat(np.arange(1, 11), counts[0] // 10), 2)
+    else:
+        raise ValueError(f"{path}: header must be 'folds pairs_per_class' or a pair count divisible by 10")
+    expected = np.array([True] * counts[-1] + [False] * counts[-1])
+    if len(counts) == 2:
+        expected = np.tile(expected, counts[0])
+    if len(labels) != len(expected) or np.any(np.array(labels) != expected):
+        raise ValueError(f"{path}: the pairs do not follow the layout its header {header!r} announces")
     return PairList(
         root=Path(root),
         first=tuple(first),
         second=tuple(second),
         labels=np.array(labels, dtype=bool),
-        folds=np.repeat(np.arange(1, n_folds + 1), 2 * per_class),
+        folds=folds,
     )
 
 

@@ -95,9 +95,13 @@ def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
     """Lowest threshold at which at most ``far`` of the impostor scores are accepted (``>=``).
 
     With ``n`` impostors the achievable false accept rates are multiples of ``1/n``; when ``far < 1/n``
-    the threshold lies just above the highest impostor score (no false accept at all).
+    the threshold lies just above the highest impostor score (no false accept at all). "Just above" is
+    the next number of the scores' own precision, so that comparing float32 scores (where NumPy rounds
+    the threshold to float32) rejects the cut too.
     """
-    impostors = np.asarray(impostor_scores, dtype=np.float64)
+    impostors = np.asarray(impostor_scores)
+    if not np.issubdtype(impostors.dtype, np.floating):
+        impostors = impostors.astype(np.float64)
     if not len(impostors):
         raise ValueError("no impostor scores")
     allowed = int(np.floor(far * len(impostors) + 1e-9))
@@ -105,7 +109,7 @@ def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
         return float(impostors.min())
     # The (allowed+1)-th highest score must be rejected: the threshold sits just above it.
     cut = np.partition(impostors, len(impostors) - allowed - 1)[len(impostors) - allowed - 1]
-    return float(np.nextafter(cut, np.inf))
+    return float(np.nextafter(cut, impostors.dtype.type(np.inf)))
 
 
 def tar_at_far(scores: np.ndarray, labels: np.ndarray, far: float) -> tuple[float, float]:

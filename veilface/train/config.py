@@ -36,11 +36,13 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone name (see :func:`veilface.train.backbones.create_backbone`) and optional weights to start
-    from: a path, relative names are looked up in the shared models folder."""
+    from: a path, relative names are looked up in the shared models folder. Parameters whose name starts
+    with one of ``freeze`` (e.g. ``"stem"``, ``"stages.0"``) are not trained."""
 
     backbone: str = "ir50"
     weights: str = ""
     embedding_dim: int = 512
+    freeze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with a linear warm-up then a cosine decay to zero, stepped every batch."""
+    """``optimizer`` (``adamw``, or ``sgd`` with momentum 0.9 as arcface_torch trains IR-ResNets) with a
+    linear warm-up then a cosine decay to zero, stepped every batch; ``head_lr`` for the margin head."""
 
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -77,7 +76,8 @@ class FaceRecord:
 
 
 def yaw_ratio(landmarks: np.ndarray) -> float:
-    """Signed head yaw estimated from five landmarks, about 0 for a frontal face and 1 for a full profile.
+    """Signed head yaw estimated from five landmarks: about 0 for a frontal face, about 0.45 in magnitude
+    for a CFP profile, positive when the nose points to the image's right.
 
     It is the sideways offset of the nose tip from the face's midline (the line from the middle of the
     eyes to the middle of the mouth), divided by the length of that midline: the midline keeps its
@@ -90,7 +90,7 @@ def yaw_ratio(landmarks: np.ndarray) -> float:
     if length < 1e-6:
         return 0.0
     offset = nose - eyes
-    return float((axis[0] * offset[1] - axis[1] * offset[0]) / length**2)
+    return float((axis[1] * offset[0] - axis[0] * offset[1]) / length**2)
 
 
 def list_photos(src: Path, identities: IdentityRange | None = None) -> list[tuple[str, Path]]:
@@ -214,8 +214,11 @@ def build_lmdb(
 
 
 class FaceDB:
-    """Read access to a database written by :func:`build_lmdb`; safe to use from DataLoader workers
-    (the environment is opened lazily in each process)."""
+    """Read access to a database written by :func:`build_lmdb`.
+
+    The LMDB environment is opened on the first read. LMDB environments must not cross a ``fork``: call
+    :meth:`close` before starting DataLoader worker processes, each of which then opens its own.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -230,7 +233,6 @@ class FaceDB:
                 _record(json.loads(txn.get(f"meta-{i:08d}".encode()))) for i in range(self.info["count"])
             ]
         self._env: lmdb.Environment | None = None
-        self._pid: int | None = None
 
     def _open(self) -> lmdb.Environment:
         return lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, meminit=False)
@@ -240,11 +242,17 @@ class FaceDB:
 
     def image(self, index: int) -> np.ndarray:
         """The crop ``index`` as a BGR uint8 112x112 array."""
-        if self._env is None or self._pid != os.getpid():
-            self._env, self._pid = self._open(), os.getpid()
+        if self._env is None:
+            self._env = self._open()
         with self._env.begin() as txn:
             jpeg = txn.get(f"img-{index:08d}".encode())
         return cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+
+    def close(self) -> None:
+        """Close the environment (the next read opens it again)."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
 
     def images(self, indices: Iterable[int]) -> Iterator[np.ndarray]:
         """The crops ``indices``, in order."""

@@ -182,6 +182,49 @@ def _class_centres(
     return F.normalize(centres, dim=1)
 
 
+class Validator:
+    """Dev metrics of a model: embeds the dev faces (both views) and keeps the latest views."""
+
+    def __init__(self, split: Split, config: TrainConfig):
+        self.split = split
+        self.pairs = DevPairs.build(
+            split.identities,
+            split.yaws,
+            frontal_yaw=config.pose.frontal_yaw,
+            profile_yaw=config.pose.profile_yaw,
+        )
+        self.target_fmr, self.seed = config.export.target_fmr, config.seed
+        self.views: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, model: nn.Module, device: torch.device) -> dict:
+        self.views = embed(model, self.split, batch_size=128, device=device)
+        return self.metrics(fuse(*self.views))
+
+    def metrics(self, embeddings: np.ndarray) -> dict:
+        """:func:`~veilface.train.validation.dev_metrics` of unit embeddings of the dev faces."""
+        return dev_metrics(embeddings, self.pairs, target_fmr=self.target_fmr, seed=self.seed)
+
+
+def _optimizer(config: TrainConfig, backbone: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
+    groups = [
+        {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.optim.lr},
+        {"params": head.parameters(), "lr": config.optim.head_lr},
+    ]
+    if config.optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=config.optim.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+
+
+def _freeze(backbone: nn.Module, config: TrainConfig) -> None:
+    frozen = [p for name, p in backbone.named_parameters() if name.startswith(config.model.freeze)]
+    if config.model.freeze and not frozen:
+        raise ValueError(
+            f"model.freeze {config.model.freeze} matches no parameter of {config.model.backbone}"
+        )
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+
+
 def run(
     config: TrainConfig,
     data_dir: Path,
@@ -198,11 +241,12 @@ def run(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = config.optim.amp and device.type == "cuda"
     spec = matching_spec(config.model.embedding_dim)  # fail before training, not after
-    if config.pose.method != "none" and not config.data.dev:
-        raise ValueError("a pose mapping is kept only if it helps on dev identities: set data.dev")
+    if (config.pose.method != "none" or register_model) and not config.data.dev:
+        raise ValueError("the pose mapping and the registered threshold need dev identities: set data.dev")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     train_split, dev_split = load_data(config.data, data_dir, settings, seed=config.seed)
+    validator = Validator(dev_split, config) if dev_split is not None else None
     classes = sorted(set(train_split.identities))
     labels = np.array([classes.index(i) for i in train_split.identities], dtype=np.int64)
     backbone = create_backbone(
@@ -210,6 +254,7 @@ def run(
         embedding_dim=config.model.embedding_dim,
         weights=_weights_path(config.model.weights, settings),
     ).to(device)
+    _freeze(backbone, config)
     model = EmbeddingModel(backbone)
     head = MarginHead(
         config.model.embedding_dim,
@@ -229,33 +274,13 @@ def run(
         generator=generator,
         pin_memory=device.type == "cuda",
     )
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": backbone.parameters(), "lr": config.optim.lr},
-            {"params": head.parameters(), "lr": config.optim.head_lr},
-        ],
-        weight_decay=config.optim.weight_decay,
-    )
+    optimizer = _optimizer(config, backbone, head)
     total_steps = config.optim.epochs * len(loader)
     warmup = round(config.optim.warmup_epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, warmup, total_steps)
     )
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    dev_pairs = None
-    if dev_split is not None:
-        dev_pairs = DevPairs.build(
-            dev_split.identities,
-            dev_split.yaws,
-            frontal_yaw=config.pose.frontal_yaw,
-            profile_yaw=config.pose.profile_yaw,
-        )
-
-    def validate() -> dict | None:
-        if dev_split is None or dev_pairs is None:
-            return None
-        views = embed(model, dev_split, batch_size=128, device=device)
-        return dev_metrics(fuse(*views), dev_pairs, target_fmr=config.export.target_fmr, seed=config.seed)
 
     checkpoint_path = out_dir / "checkpoint.pt"
     history: list[dict] = []
@@ -273,12 +298,13 @@ def run(
     else:
         if config.loss.init_from_embeddings:
             head.init_centres(_class_centres(model, train_split, labels, len(classes), device).to(device))
-        history.append({"epoch": 0, "dev": validate()})
+        history.append({"epoch": 0, "dev": validator(model, device) if validator else None})
 
     for epoch in range(start_epoch, config.optim.epochs):
         dataset.set_epoch(epoch)
         generator.manual_seed(config.seed * 100_003 + epoch)
         model.train()
+        train_split.db.close()  # the loader's worker processes open their own
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.optim.epochs}", mininterval=10, disable=None)
         for x, y in bar:
@@ -292,8 +318,9 @@ def run(
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        dev = validator(model, device) if validator else None
         history.append(
-            {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses, "dev": validate()}
+            {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses, "dev": dev}
         )
         tmp = checkpoint_path.with_suffix(".tmp")
         torch.save(
@@ -313,6 +340,7 @@ def run(
         plot_curves(history, out_dir / "curves.png", title=config.name)
 
     model = model.cpu().eval()
+    torch.save(backbone.state_dict(), out_dir / "backbone.pt")  # weights to start other experiments from
     result: dict = {
         "name": config.name,
         "config": config.to_dict(),
@@ -320,32 +348,16 @@ def run(
         "history": history,
     }
     if config.pose.method == "dream":
-        assert dev_split is not None and dev_pairs is not None
-        model.pose, result["pose"] = _fit_pose(model, train_split, labels, dev_split, dev_pairs, config)
-
-    onnx_path = out_dir / "model.onnx"
-    export_onnx(model, onnx_path)
-    check = dev_split or train_split
-    result["parity_max_abs_diff"] = parity(model, onnx_path, check.crops(config.export.parity_faces))
-    if result["parity_max_abs_diff"] > config.export.parity_tolerance:
-        raise ParityError(
-            f"ONNX Runtime and PyTorch differ by {result['parity_max_abs_diff']:.2e} "
-            f"(> {config.export.parity_tolerance:.0e}) on {config.export.parity_faces} faces"
-        )
-    result["data_digest"] = train_split.db.digest(train_split.indices)
-    if dev_split is not None and dev_pairs is not None:
-        served = production_embeddings(settings, spec, onnx_path, dev_split.crops())
-        result["dev"] = dev_metrics(served, dev_pairs, target_fmr=config.export.target_fmr, seed=config.seed)
+        assert validator is not None
+        model.pose, result["pose"] = _fit_pose(model, train_split, labels, validator, config)
+    result.update(_export(model, out_dir / "model.onnx", config, settings, train_split, validator))
     if register_model:
-        if "dev" not in result:
-            raise ValueError("registering needs a threshold calibrated on dev identities: set data.dev")
+        assert "dev" in result
         version = config.export.version or f"{config.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-        metrics = {"dev": result["dev"], "parity_max_abs_diff": result["parity_max_abs_diff"]}
-        if "pose" in result:
-            metrics["pose"] = result["pose"]
+        metrics = {key: result[key] for key in ("dev", "parity_max_abs_diff", "pose") if key in result}
         model_version = register(
             settings,
-            onnx_path,
+            out_dir / "model.onnx",
             spec,
             version=version,
             threshold=result["dev"]["threshold"],
@@ -359,8 +371,34 @@ def run(
     return result
 
 
+def _export(
+    model: EmbeddingModel,
+    onnx_path: Path,
+    config: TrainConfig,
+    settings: Settings,
+    train: Split,
+    validator: Validator | None,
+) -> dict:
+    """Export, check parity on real crops (dev faces, else training faces), and measure the exported
+    model on the dev faces exactly as the embedder will run it."""
+    export_onnx(model, onnx_path)
+    faces = (validator.split if validator else train).crops(config.export.parity_faces)
+    difference = parity(model, onnx_path, faces)
+    if difference > config.export.parity_tolerance:
+        raise ParityError(
+            f"ONNX Runtime and PyTorch differ by {difference:.2e} "
+            f"(> {config.export.parity_tolerance:.0e}) on {len(faces)} faces"
+        )
+    result = {"parity_max_abs_diff": difference, "data_digest": train.db.digest(train.indices)}
+    if validator is not None:
+        spec = matching_spec(config.model.embedding_dim)
+        served = production_embeddings(settings, spec, onnx_path, validator.split.crops())
+        result["dev"] = validator.metrics(served)
+    return result
+
+
 def _fit_pose(
-    model: EmbeddingModel, train: Split, labels: np.ndarray, dev: Split, pairs: DevPairs, config: TrainConfig
+    model: EmbeddingModel, train: Split, labels: np.ndarray, validator: Validator, config: TrainConfig
 ) -> tuple[DreamMapping | None, dict]:
     """Fit the DREAM mapping on the frozen model; keep it only if it raises dev cross-pose accuracy
     without lowering overall dev accuracy."""
@@ -374,12 +412,11 @@ def _fit_pose(
         config.pose,
         seed=config.seed,
     )
-    dev_plain, dev_mirrored = embed(model, dev, batch_size=128, device=cpu)
+    without = validator(model, cpu) if validator.views is None else validator.metrics(fuse(*validator.views))
+    assert validator.views is not None
     with torch.no_grad():
-        mapped = [mapping(torch.from_numpy(v)).numpy() for v in (dev_plain, dev_mirrored)]
-    kwargs = {"target_fmr": config.export.target_fmr, "seed": config.seed}
-    without = dev_metrics(fuse(dev_plain, dev_mirrored), pairs, **kwargs)
-    with_mapping = dev_metrics(fuse(*mapped), pairs, **kwargs)
+        mapped = [mapping(torch.from_numpy(view)).numpy() for view in validator.views]
+    with_mapping = validator.metrics(fuse(*mapped))
     kept = (
         with_mapping["cross_pose_accuracy"] > without["cross_pose_accuracy"]
         and with_mapping["accuracy"] >= without["accuracy"]

@@ -1,0 +1,83 @@
+"""Key rotation: a new CKKS key set and queue key; the gallery must be enrolled again.
+
+Why re-enrollment, and not re-encryption: every template is a ciphertext under the old key.
+Moving it to a new key without ever exposing it needs a key-switching key from the old
+secret key to the new one (proxy re-encryption). SEAL computes such keys only internally
+(relinearisation and Galois keys); neither SEAL's public API nor TenSEAL exposes them, so
+the only available path would be to decrypt the templates, which the gateway never does by
+design (it decrypts scores only). Re-encryption would also carry over the deleted templates
+still folded into packed blocks, which rotation is the documented way to erase
+(crypto-shredding, ``docs/encrypted-search.md``). So rotation drops every ciphertext of the
+old key set, keeps galleries and subjects (the list of who must be enrolled again), and
+destroys the old secret key unless asked to keep it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from veilface.config import Settings
+from veilface.store.db import session_scope
+from veilface.store.models import AuditEntry, Block, BlockCiphertext, Template
+from veilface.workers import set_key_set
+
+KEY_FILES = ("public.ctx", "secret.ctx", "queue.key")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    old_fingerprint: str | None
+    new_fingerprint: str
+    templates_dropped: int
+    subjects_to_reenroll: int
+    old_keys_kept_in: Path | None
+
+
+def rotate_keys(
+    settings: Settings, sessions: sessionmaker[Session], *, keep_old: Path | None = None
+) -> Rotation:
+    """Replace the key set and drop every ciphertext made with the old one.
+
+    Order: the new keys are generated beside the old ones first; then one database
+    transaction drops templates and blocks, records the new fingerprint (workers of the old
+    key set stop at their next heartbeat) and writes an audit entry; then the new files
+    replace the old ones. ``keep_old`` moves the old files there instead of deleting them.
+    """
+    from veilface.crypto.params import DEFAULT_PARAMS
+    from veilface.crypto.public import fingerprint_of
+    from veilface.crypto.secret import generate_keyset
+    from veilface.payload import generate_queue_key
+
+    key_dir = settings.keys_path
+    key_dir.mkdir(parents=True, exist_ok=True)
+    old_public = key_dir / "public.ctx"
+    old = fingerprint_of(old_public.read_bytes()) if old_public.is_file() else None
+    staging = Path(tempfile.mkdtemp(dir=key_dir, prefix=".rotate-"))
+    try:
+        new = generate_keyset(staging, DEFAULT_PARAMS)
+        generate_queue_key(staging / "queue.key")
+        with session_scope(sessions) as session:
+            dropped = session.scalar(select(func.count(Template.id))) or 0
+            subjects = session.scalar(select(func.count(func.distinct(Template.subject_id)))) or 0
+            session.execute(delete(BlockCiphertext))
+            session.execute(delete(Block))
+            session.execute(delete(Template))
+            set_key_set(session, new)
+            session.add(AuditEntry(api_key_id=None, action="rotate_keys", outcome="ok"))
+        if keep_old is not None:
+            keep_old.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for name in KEY_FILES:
+                if (key_dir / name).exists():
+                    shutil.move(key_dir / name, keep_old / name)
+        for name in KEY_FILES:
+            os.replace(staging / name, key_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Rotation(old, new, dropped, subjects, keep_old)
