@@ -4,6 +4,7 @@ announce itself with a heartbeat, and take its own direct queue when it has one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -100,7 +101,9 @@ def announce(
             provider=provider,
         )
         heartbeat = Heartbeat(runtime.sessions, row, model_version)
-        heartbeat.beat()
+        # A key set changed since start is left to the thread's first beat: it shuts the worker down.
+        with contextlib.suppress(errors.KeyMismatch):
+            heartbeat.beat()
         heartbeat.start()
         worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
         log.info(

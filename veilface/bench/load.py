@@ -12,8 +12,9 @@ limit. Last, it compares the throughput of one and two he-matcher workers at one
 concurrency. Every answer is checked (top-1 subject); a request without an answer is
 counted as lost.
 
-MariaDB and Redis default to 127.0.0.1 (``--database-url``, ``--broker-url``); the
-database is created, and dropped at the end unless ``--keep``.
+MariaDB defaults to 127.0.0.1 (``--database-url``): the database is created, and dropped
+at the end unless ``--keep``. Redis is a private ``redis-server`` on a free loopback port
+unless ``--broker-url`` names one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import platform
 import secrets
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -93,6 +95,24 @@ def _database(url: str, *, drop: bool = False) -> None:
             cur.execute(f"CREATE DATABASE `{parts.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     finally:
         conn.close()
+
+
+def _private_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server for this run alone, on a free loopback port (nothing shared is flushed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*argv, "--dir", str(folder), "--logfile", str(folder / "redis.log")])
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except redis.RedisError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def _people(lfw: Path, count: int) -> list[list[Path]]:
@@ -283,7 +303,9 @@ def main() -> None:
         or "mysql+mysqldb://root@127.0.0.1:3306/veilface_load?charset=utf8mb4",
     )
     parser.add_argument(
-        "--broker-url", default=os.environ.get("VEILFACE_BROKER_URL") or "redis://127.0.0.1:6379/15"
+        "--broker-url",
+        default=os.environ.get("VEILFACE_BROKER_URL"),
+        help="Redis URL; default: a private redis-server on a free loopback port, for this run only.",
     )
     parser.add_argument("--bind", default="127.0.0.1:8095")
     parser.add_argument("--keep", action="store_true", help="Keep the database afterwards.")
@@ -293,6 +315,9 @@ def main() -> None:
     load_at_start = round(os.getloadavg()[0], 2)
 
     var_dir = Path(tempfile.mkdtemp(prefix="veilface-load-"))
+    private_redis = None
+    if args.broker_url is None:
+        private_redis, args.broker_url = _private_redis(var_dir)
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEILFACE_")}
     env.update(
@@ -304,7 +329,6 @@ def main() -> None:
     )
     settings = load_settings(env)
     _database(args.database_url)
-    redis.Redis.from_url(args.broker_url).flushdb()
 
     from veilface.crypto.secret import generate_keyset
     from veilface.payload import generate_queue_key
@@ -369,6 +393,9 @@ def main() -> None:
         print(json.dumps(asdict(step)), flush=True)
     finally:
         stack.stop()
+        if private_redis is not None:
+            private_redis.terminate()
+            private_redis.wait(timeout=30)
         if not args.keep:
             _database(args.database_url, drop=True)
 

@@ -7,6 +7,9 @@ once, and every member embeds the same aligned face. The face kept is the larges
 for a 1:1 comparison. Embeddings stay in memory: they are returned to the parent process through a pipe
 and never written anywhere (plaintext embeddings are biometric data).
 
+A member version ``<model>:<projection>`` (compact templates) embeds with ``<model>`` and applies the
+registry's fitted projection, as the embedder does for a gallery with a projection.
+
 Two test-time options may differ from production: ``detector_size`` (SCRFD input side, production
 640) and ``pad`` (black border added on every side before detection, as a fraction of the longer side;
 production 0). Both exist to measure whether production should change.
@@ -34,6 +37,7 @@ from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
 from veilface.face.models import get_spec
 from veilface.face.pipeline import FacePipeline
+from veilface.projection import split_version
 from veilface.registry import ModelRegistry
 
 
@@ -135,7 +139,7 @@ class _Worker:
         registry = ModelRegistry(settings)
         first = members[0]
         self.pipeline = FacePipeline.from_model(
-            replace(settings, flip_fusion=first.flip), registry.get(first.version)
+            replace(settings, flip_fusion=first.flip), registry.get(split_version(first.version)[0])
         )
         if detector_size is not None:
             detector = FaceDetector(
@@ -146,10 +150,15 @@ class _Worker:
             )
         self.others = {}
         for member in members[1:]:
-            model = registry.get(member.version)
+            model = registry.get(split_version(member.version)[0])
             self.others[member] = Recognizer(
                 get_spec(model.spec), model.path, threads=1, flip_fusion=member.flip
             )
+        self.projections = {
+            member: registry.projection(name)
+            for member in members
+            if (name := split_version(member.version)[1]) is not None
+        }
         self.first = first
         self.pad = pad
 
@@ -177,6 +186,8 @@ class _Worker:
         if self.others:
             crop = align_face(img, face.landmarks)
             embeddings.update({member: rec.embed([crop])[0] for member, rec in self.others.items()})
+        for member, projection in self.projections.items():
+            embeddings[member] = projection.apply(embeddings[member])
         return ImageResult(
             faces=len(faces),
             landmarks=face.landmarks - pad,

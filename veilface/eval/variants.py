@@ -1,10 +1,11 @@
 """Embedding variants: a model version, with or without flip fusion, or an ensemble of them.
 
 A variant is written ``member[+member...]`` where a member is a model version of the registry
-(``edgeface_xs``, a trained version...) optionally followed by ``@flip`` or ``@noflip`` (default: the
-``flip_fusion`` setting). An ensemble concatenates its members' unit embeddings and divides by the
-square root of their number: the result is a unit vector whose cosine similarity is the mean of the
-members' cosines. Every member is computed once per face however many variants use it.
+(``edgeface_xs``, a trained version, ``edgeface_xs:pca128`` for compact templates...) optionally
+followed by ``@flip`` or ``@noflip`` (default: the ``flip_fusion`` setting). An ensemble concatenates
+its members' unit embeddings and divides by the square root of their number: the result is a unit
+vector whose cosine similarity is the mean of the members' cosines. Every member is computed once per
+face however many variants use it.
 """
 
 from __future__ import annotations

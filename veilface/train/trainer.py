@@ -306,7 +306,7 @@ def run(
         model.train()
         train_split.db.close()  # the loader's worker processes open their own
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.optim.epochs}", mininterval=10, disable=None)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.optim.epochs}", mininterval=10)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
