@@ -124,9 +124,17 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
     Run it where the gateway runs, then give the workers the new public.ctx (embedders also
     queue.key) and restart the gateway and every worker. See docs/reliability.md.
     """
+    from veilface.crypto.params import DEFAULT_PARAMS
+    from veilface.crypto.secret import generate_keyset
+    from veilface.payload import generate_queue_key
     from veilface.rotation import rotate_keys
 
-    rotation = rotate_keys(settings, _sessions(settings), keep_old=keep_old)
+    def generate(folder: Path) -> str:
+        fingerprint = generate_keyset(folder, DEFAULT_PARAMS)
+        generate_queue_key(folder / "queue.key")
+        return fingerprint
+
+    rotation = rotate_keys(settings, _sessions(settings), generate, keep_old=keep_old)
     click.echo(f"new key set {rotation.new_fingerprint} in {settings.keys_path}")
     old = rotation.old_fingerprint[:12] if rotation.old_fingerprint else "none"
     kept = f"moved to {rotation.old_keys_kept_in}" if rotation.old_keys_kept_in else "deleted"

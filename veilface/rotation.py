@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,19 +42,24 @@ class Rotation:
 
 
 def rotate_keys(
-    settings: Settings, sessions: sessionmaker[Session], *, keep_old: Path | None = None
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    generate: Callable[[Path], str],
+    *,
+    keep_old: Path | None = None,
 ) -> Rotation:
     """Replace the key set and drop every ciphertext made with the old one.
+
+    ``generate(folder)`` writes a new ``public.ctx``, ``secret.ctx`` and ``queue.key`` into
+    ``folder`` and returns the fingerprint (the CLI passes the gateway-side key generator:
+    this module never touches the secret key API itself).
 
     Order: the new keys are generated beside the old ones first; then one database
     transaction drops templates and blocks, records the new fingerprint (workers of the old
     key set stop at their next heartbeat) and writes an audit entry; then the new files
     replace the old ones. ``keep_old`` moves the old files there instead of deleting them.
     """
-    from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.public import fingerprint_of
-    from veilface.crypto.secret import generate_keyset
-    from veilface.payload import generate_queue_key
 
     key_dir = settings.keys_path
     key_dir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +67,7 @@ def rotate_keys(
     old = fingerprint_of(old_public.read_bytes()) if old_public.is_file() else None
     staging = Path(tempfile.mkdtemp(dir=key_dir, prefix=".rotate-"))
     try:
-        new = generate_keyset(staging, DEFAULT_PARAMS)
-        generate_queue_key(staging / "queue.key")
+        new = generate(staging)
         with session_scope(sessions) as session:
             dropped = session.scalar(select(func.count(Template.id))) or 0
             subjects = session.scalar(select(func.count(func.distinct(Template.subject_id)))) or 0

@@ -7,6 +7,7 @@ CompreFace-compatible ``/api/v1``) call this class, so the logic exists once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -111,10 +113,18 @@ class Gateway:
             value = result.get(timeout=self.settings.task_timeout_s, propagate=False, interval=0.02)
         except CeleryTimeout as exc:
             raise errors.Unavailable(f"no worker answered {task} in time") from exc
-        except (BrokerError, ConnectionError, OSError) as exc:
+        except (BrokerError, RedisError, ConnectionError, OSError) as exc:
+            raise errors.Unavailable("the result backend is unreachable") from exc
+        except RuntimeError as exc:
+            # Celery's Redis result consumer gives up reconnecting (Redis restarting, still
+            # loading its data) with a bare RuntimeError; it reconnects on the next call.
+            if not isinstance(exc.__cause__, RedisError | ConnectionError | OSError):
+                raise
             raise errors.Unavailable("the result backend is unreachable") from exc
         finally:
-            result.forget()
+            # Best effort while the backend is down: results expire by themselves anyway.
+            with contextlib.suppress(RedisError, ConnectionError, OSError):
+                result.forget()
         if isinstance(value, BaseException):
             log.warning("task %s failed: %s", task, type(value).__name__)
             raise errors.Unavailable(f"{task} failed in the worker; retry later")
