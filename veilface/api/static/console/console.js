@@ -220,12 +220,12 @@
     status: () => CONSOLE_PREFIX.slice(API_ROOT.length) + "api/status",
   };
 
-  /** The API's own rule for names (1..limit printable characters, no '/'), checked early. */
+  /** The API's own rule for names (1..limit printable characters; no '/' in gallery names), checked early. */
   function nameProblem(value, what, limit) {
     if (!value.trim()) return "Enter a " + what + " name.";
     if (value.length > limit) return "The " + what + " name is longer than " + limit + " characters.";
     if (/[\u0000-\u001f\u007f]/.test(value)) return "The " + what + " name contains control characters.";
-    if (value.includes("/")) return "The " + what + " name cannot contain '/'.";
+    if (what === "gallery" && value.includes("/")) return "The gallery name cannot contain '/'.";
     if (value === "." || value === "..") return "The " + what + " name cannot be '.' or '..'.";
     return null;
   }
