@@ -319,7 +319,7 @@ def test_cli_counts_a_missing_face_as_an_error(tmp_path):
     assert report["detection"]["no_face"] == 1
     assert report["pairs_without_face"] == {"mated": 1, "non_mated": 1}
     assert report["folds_from_file"] and [f["fold"] for f in report["folds"]] == [1, 2]
-    assert report["folds"][0]["accuracy"] <= 2 / 3  # the mated pair without a face is an error
+    assert report["folds"][0]["accuracy"] <= 2 / 3 + 1e-6  # the mated pair without a face is an error
     assert report["encrypted"]["decision_disagreements_protocol"] == 0
     assert report["encrypted"]["pairs_scored"] == 4
     assert Path(report["plots"]["roc"]).exists() and Path(report["plots"]["histogram"]).exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import MySQLdb
 import numpy as np
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select
 
 from veilface.config import load_settings
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
@@ -143,8 +143,7 @@ def test_engine_matches_plaintext_through_the_database(keys, data, factory):
     # Delete one delta template, then compact: it is not folded, the rest are.
     deleted = PACKED + 3
     with session_scope(factory) as session:
-        session.execute(update(Template).where(Template.slot == deleted, Template.block_no == 0)
-                        .values(state="deleted", ciphertext=None))  # fmt: skip
+        session.execute(delete(Template).where(Template.slot == deleted, Template.block_no == 0))
     with session_scope(factory) as session:
         assert compact_block(ctx, session, gallery_id, model, 0, DIM) == DELTA - 1
         assert compact_block(ctx, session, gallery_id, model, 1, DIM) == DELTA_NEXT
