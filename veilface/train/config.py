@@ -29,7 +29,6 @@ class DataConfig:
     root: str = ""
     train: str = ""
     dev: str = ""
-    max_per_identity: int = 0
     workers: int = 2
 
 
@@ -91,12 +90,17 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class PoseConfig:
-    """Pose-robust embedding mapping on top of the trained backbone (see :mod:`veilface.train.pose`).
+    """Pose-robust training and mapping (see :mod:`veilface.train.pose`).
 
-    ``method`` is ``"none"`` or ``"dream"``. Faces whose :func:`~veilface.train.data.yaw_ratio` is at
-    most ``frontal_yaw`` count as frontal, at least ``profile_yaw`` as profile.
+    ``anchor_weight`` (pose-aware fine-tuning): weight of a loss pulling every training face towards the
+    mean frontal embedding of its identity under the starting weights, so that profiles learn to land
+    where the pretrained model puts frontal faces (0: off). ``method`` is ``"none"`` or ``"dream"`` (a
+    residual mapping fitted after training, kept only if it helps the dev identities). Faces whose
+    :func:`~veilface.train.data.yaw_ratio` is at most ``frontal_yaw`` count as frontal, at least
+    ``profile_yaw`` as profile.
     """
 
+    anchor_weight: float = 0.0
     method: Literal["none", "dream"] = "none"
     hidden: int = 512
     epochs: int = 200

@@ -51,6 +51,9 @@ class IdentityRange:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.first <= name <= self.last
 
+    def overlaps(self, other: IdentityRange) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
     @classmethod
     def parse(cls, text: str) -> IdentityRange:
         """Parse ``"001-250"``."""

@@ -2,7 +2,7 @@
 
 :func:`run` does a whole experiment and is what ``python -m veilface.train`` calls. Everything it writes
 goes to its output folder: ``checkpoint.pt`` after every epoch (``--resume`` continues from it),
-``curves.png``, ``model.onnx`` and ``result.json``; the model is then registered (see
+``curves.png``, ``backbone.pt``, ``model.onnx`` and ``result.json``; the model is then registered (see
 :mod:`veilface.train.export`).
 """
 
@@ -83,12 +83,7 @@ def load_data(
     root = data_dir / config.root if config.root else data_dir
     train_range = IdentityRange.parse(config.train) if config.train else None
     dev_range = IdentityRange.parse(config.dev) if config.dev else None
-    if (
-        train_range
-        and dev_range
-        and train_range.first <= dev_range.last
-        and dev_range.first <= train_range.last
-    ):
+    if train_range and dev_range and train_range.overlaps(dev_range):
         raise ValueError(f"train identities {config.train} and dev identities {config.dev} overlap")
     if config.layout == "lmdb":
         train_db = dev_db = FaceDB(root)
@@ -105,15 +100,6 @@ def load_data(
         for i in train_db.select(train_range)
         if dev_range is None or train_db.records[i].identity not in dev_range
     ]
-    if config.max_per_identity:
-        seen: dict[str, int] = {}
-        kept = []
-        for i in train:
-            identity = train_db.records[i].identity
-            seen[identity] = seen.get(identity, 0) + 1
-            if seen[identity] <= config.max_per_identity:
-                kept.append(i)
-        train = kept
     if not train:
         raise ValueError(f"no training faces under {root} for identities {config.train or 'all'}")
     dev = None
@@ -173,13 +159,30 @@ def _weights_path(weights: str, settings: Settings) -> Path | None:
 
 
 def _class_centres(
-    model: nn.Module, split: Split, labels: np.ndarray, classes: int, device: torch.device
-) -> torch.Tensor:
-    """Mean flip-fused embedding of each class: the starting centres of the margin head."""
+    model: nn.Module,
+    split: Split,
+    labels: np.ndarray,
+    classes: int,
+    *,
+    frontal_yaw: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean flip-fused unit embedding of each class over all its faces and over its frontal faces only
+    (zero for a class without frontal face)."""
     embeddings = torch.from_numpy(fuse(*embed(model, split, batch_size=128, device=device)))
-    centres = torch.zeros(classes, embeddings.shape[1])
-    centres.index_add_(0, torch.from_numpy(labels), embeddings)
-    return F.normalize(centres, dim=1)
+    index = torch.from_numpy(labels)
+    frontal = torch.from_numpy(np.abs(split.yaws) <= frontal_yaw)
+    centres = torch.zeros(classes, embeddings.shape[1]).index_add_(0, index, embeddings)
+    frontal_centres = torch.zeros_like(centres).index_add_(0, index[frontal], embeddings[frontal])
+    return F.normalize(centres, dim=1), F.normalize(frontal_centres, dim=1)
+
+
+def _anchor_loss(embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance of each embedding to its class's anchor (classes without one are skipped)."""
+    targets = anchors[labels]
+    present = targets.norm(dim=1) > 0
+    cosines = (F.normalize(embeddings.float(), dim=1) * targets).sum(dim=1)
+    return (1.0 - cosines)[present].mean() if bool(present.any()) else cosines.sum() * 0.0
 
 
 class Validator:
@@ -285,6 +288,7 @@ def run(
     checkpoint_path = out_dir / "checkpoint.pt"
     history: list[dict] = []
     start_epoch = 0
+    anchors = torch.zeros(len(classes), config.model.embedding_dim)
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state["config"] != config.to_dict():
@@ -294,12 +298,17 @@ def run(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        history, start_epoch = state["history"], state["epoch"]
+        history, start_epoch, anchors = state["history"], state["epoch"], state["anchors"]
     else:
-        if config.loss.init_from_embeddings:
-            head.init_centres(_class_centres(model, train_split, labels, len(classes), device).to(device))
+        if config.loss.init_from_embeddings or config.pose.anchor_weight:
+            centres, anchors = _class_centres(
+                model, train_split, labels, len(classes), frontal_yaw=config.pose.frontal_yaw, device=device
+            )
+            if config.loss.init_from_embeddings:
+                head.init_centres(centres.to(device))
         history.append({"epoch": 0, "dev": validator(model, device) if validator else None})
 
+    anchors = anchors.to(device)
     for epoch in range(start_epoch, config.optim.epochs):
         dataset.set_epoch(epoch)
         generator.manual_seed(config.seed * 100_003 + epoch)
@@ -310,7 +319,10 @@ def run(
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = head(backbone(x), y)
+                embeddings = backbone(x)
+                loss = head(embeddings, y)
+                if config.pose.anchor_weight:
+                    loss = loss + config.pose.anchor_weight * _anchor_loss(embeddings, y, anchors)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -333,6 +345,7 @@ def run(
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "history": history,
+                "anchors": anchors,
             },
             tmp,
         )
