@@ -69,17 +69,21 @@ def lfw_people(data_dir: Path) -> list[list[Path]]:
     return people
 
 
-@pytest.fixture(scope="session")
-def key_dir(tmp_path_factory) -> Path:
-    """One CKKS key set and queue key for the whole session (key generation takes seconds)."""
+def new_key_set(folder: Path) -> Path:
+    """Write a fresh CKKS key set and queue key into ``folder``."""
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
     from veilface.payload import generate_queue_key
 
-    folder = tmp_path_factory.mktemp("keys")
     generate_keyset(folder, DEFAULT_PARAMS)
     generate_queue_key(folder / "queue.key")
     return folder
+
+
+@pytest.fixture(scope="session")
+def key_dir(tmp_path_factory) -> Path:
+    """One CKKS key set and queue key for the whole session (key generation takes seconds)."""
+    return new_key_set(tmp_path_factory.mktemp("keys"))
 
 
 def _stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:

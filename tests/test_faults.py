@@ -32,7 +32,14 @@ import redis
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.conftest import MYSQL_HOST, _stack_env, drop_mysql_database, free_port, fresh_mysql_database
+from tests.conftest import (
+    MYSQL_HOST,
+    _stack_env,
+    drop_mysql_database,
+    free_port,
+    fresh_mysql_database,
+    new_key_set,
+)
 from veilface.config import load_settings
 from veilface.schemas import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH, b64encode
 from veilface.sharding import owner
@@ -655,14 +662,7 @@ def test_compaction_killed_halfway_stays_correct_and_the_next_one_finishes(fault
 
 @pytest.fixture(scope="module")
 def foreign_keys(tmp_path_factory) -> Path:
-    from veilface.crypto.params import DEFAULT_PARAMS
-    from veilface.crypto.secret import generate_keyset
-    from veilface.payload import generate_queue_key
-
-    folder = tmp_path_factory.mktemp("foreign-keys")
-    generate_keyset(folder, DEFAULT_PARAMS)
-    generate_queue_key(folder / "queue.key")
-    return folder
+    return new_key_set(tmp_path_factory.mktemp("foreign-keys"))
 
 
 def test_worker_of_another_key_set_refuses_to_start(faults: Faults, foreign_keys: Path):
