@@ -548,7 +548,7 @@ def _check_stream(f: Faults, outcomes: list[Outcome], *, waits_count: bool = Fal
         assert o.seconds < MAX_REQUEST_S, o
         if o.status == 503:
             assert o.code == "unavailable" and o.retry_after and int(o.retry_after) > 0, o
-        elif o.kind == "identify":
+        elif o.kind == "identify":  # queries are of people whose photos match (checked at setup)
             faces = o.body["faces"]
             best = max(faces, key=lambda face: face["box"][2] * face["box"][3])
             assert best["candidates"][0]["subject"] == o.subject, o
@@ -568,11 +568,6 @@ def _check_stream(f: Faults, outcomes: list[Outcome], *, waits_count: bool = Fal
             r = enroll(f, GALLERY, o.subject, o.photo)
             assert r.status_code == 201, r.text
             assert f.scalar("SELECT COUNT(*) FROM templates WHERE image_sha256 = :h", h=sha256(o.photo)) == 1
-    for o in outcomes:
-        if o.kind == "enroll":
-            f.people.append(
-                (o.subject, o.photo, next(p for p in o.photo.parent.glob("*.jpg") if p != o.photo))
-            )
 
 
 def test_redis_restart_under_load(faults: Faults):
@@ -585,11 +580,6 @@ def test_redis_restart_under_load(faults: Faults):
     _check_stream(faults, outcomes, waits_count=True)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect found by this test (2026-11-27): after a 10 s MariaDB outage an identify "
-    "answered a wrong top-1 with low similarities, i.e. a partial answer; to be fixed, see the closing note",
-)
 def test_mariadb_unreachable_for_ten_seconds_under_load(faults: Faults):
     def outage() -> None:
         faults.proxy.pause()
