@@ -18,11 +18,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: {var}/train/{name})")
     parser.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
     parser.add_argument("--no-register", action="store_true", help="export and check, but do not register")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, metavar="N", help="train at most N epochs now (then --resume)"
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
     config = load_config(args.config)
     out = args.out or settings.var_dir / "train" / config.name
-    result = run(config, args.data, out, settings, resume=args.resume, register_model=not args.no_register)
+    result = run(
+        config,
+        args.data,
+        out,
+        settings,
+        resume=args.resume,
+        register_model=not args.no_register,
+        stop_after=args.stop_after,
+    )
+    if "stopped_after_epoch" in result:
+        print(
+            json.dumps(
+                {"name": config.name, "stopped_after_epoch": result["stopped_after_epoch"], "out": str(out)}
+            )
+        )
+        return
     summary = {
         key: result.get(key) for key in ("name", "version", "model_file", "parity_max_abs_diff", "dev")
     }

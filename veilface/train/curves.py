@@ -26,7 +26,7 @@ def plot_curves(history: list[dict], path: Path, *, title: str) -> None:
         color="tab:blue",
         label="epoch mean",
     )
-    loss_ax.set(xlabel="epoch", ylabel="margin loss", title="training loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss (every step, epoch mean)")
     loss_ax.legend()
     if validated:
         dev_ax = axes[0][1]

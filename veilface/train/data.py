@@ -152,14 +152,18 @@ def build_lmdb(
     *,
     identities: IdentityRange | None = None,
     workers: int = 2,
-    progress: bool = True,
 ) -> FaceDB:
     """Detect, align and store every photo of ``src`` (one folder per identity) into the LMDB ``out``.
 
     ``workers`` processes each run the detector on one thread (0: in this process). Returns the database
     opened for reading.
     """
-    photos = list_photos(src, identities)
+    return _build(src, out, list_photos(src, identities), settings, workers)
+
+
+def _build(
+    src: Path, out: Path, photos: Sequence[tuple[str, Path]], settings: Settings, workers: int
+) -> FaceDB:
     if not photos:
         raise ValueError(f"no photos found under {src}")
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +185,7 @@ def build_lmdb(
         txn = env.begin(write=True)
         txn.delete(b"__info__")
         for (identity, path), result in tqdm(
-            zip(photos, results, strict=True), total=len(jobs), desc="align", disable=not progress
+            zip(photos, results, strict=True), total=len(jobs), desc="align", mininterval=10
         ):
             source = str(path.relative_to(src))
             if result is None:
@@ -309,4 +313,4 @@ def cached_lmdb(
             return FaceDB(path)
         except ValueError:
             pass  # an interrupted build: start again
-    return build_lmdb(src, path, settings, identities=identities, workers=workers)
+    return _build(src, path, photos, settings, workers)

@@ -1,4 +1,4 @@
-"""Export to ONNX, check it against PyTorch, calibrate its threshold and register it.
+"""Export to ONNX, check it against PyTorch, embed with it as production does, and register it.
 
 The exported graph takes ``input`` ``[b, 3, 112, 112]`` (RGB, ``(x - 127.5) / 127.5``) and returns
 ``embedding`` ``[b, d]`` (unit vectors); any pose mapping is inside the graph. It runs in production

@@ -236,9 +236,14 @@ def run(
     *,
     resume: bool = False,
     register_model: bool = True,
+    stop_after: int | None = None,
 ) -> dict:
     """Train, validate, add the pose mapping if it helps, export, check and register; returns the result
-    (also written to ``out_dir/result.json``)."""
+    (also written to ``out_dir/result.json``).
+
+    With ``stop_after``, at most that many epochs are trained in this call: if the run is not finished
+    then, the result only holds ``history`` and ``stopped_after_epoch``, and ``resume=True`` continues.
+    """
     torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -351,6 +356,12 @@ def run(
         )
         os.replace(tmp, checkpoint_path)
         plot_curves(history, out_dir / "curves.png", title=config.name)
+        if (
+            stop_after is not None
+            and epoch + 1 - start_epoch >= stop_after
+            and epoch + 1 < config.optim.epochs
+        ):
+            return {"name": config.name, "history": history, "stopped_after_epoch": epoch + 1}
 
     model = model.cpu().eval()
     torch.save(backbone.state_dict(), out_dir / "backbone.pt")  # weights to start other experiments from
