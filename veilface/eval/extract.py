@@ -4,8 +4,9 @@ Each worker holds one :class:`~veilface.face.pipeline.FacePipeline` built with
 :meth:`~veilface.face.pipeline.FacePipeline.from_model` for the first member, plus one extra
 :class:`~veilface.face.embed.Recognizer` per other member: an image is decoded, detected and aligned
 once, and every member embeds the same aligned face. The face kept is the largest, as the gateway picks
-for a 1:1 comparison. Embeddings stay in memory: they are returned to the parent process through a pipe
-and never written anywhere (plaintext embeddings are biometric data).
+for a 1:1 comparison (``face="central"`` measures insightface's rule instead). Embeddings stay in
+memory: they are returned to the parent process through a pipe and never written anywhere (plaintext
+embeddings are biometric data).
 
 A member version ``<model>:<projection>`` (compact templates) embeds with ``<model>`` and applies the
 registry's fitted projection, as the embedder does for a gallery with a projection.
@@ -36,9 +37,29 @@ from veilface.face.detect import FaceDetector
 from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
 from veilface.face.models import get_spec
-from veilface.face.pipeline import FacePipeline
+from veilface.face.pipeline import Face, FacePipeline
 from veilface.projection import split_version
 from veilface.registry import ModelRegistry
+
+
+def largest_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face:
+    """The face of largest box, the one the gateway compares (production)."""
+    return max(faces, key=lambda f: f.area)
+
+
+def central_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face:
+    """insightface's choice: largest ``area - 2 * (squared distance of the box centre to the image's)``."""
+    height, width = shape[:2]
+
+    def value(face: Face) -> float:
+        x, y, w, h = face.box
+        return face.area - 2.0 * ((x + w / 2 - width / 2) ** 2 + (y + h / 2 - height / 2) ** 2)
+
+    return max(faces, key=value)
+
+
+#: How the face of an image with several is chosen.
+FACE_RULES = {"largest": largest_face, "central": central_face}
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,12 +122,15 @@ class FaceExtractor:
         processes: int = 2,
         detector_size: int | None = None,
         pad: float = 0.0,
+        face: str = "largest",
     ):
         if not members:
             raise ValueError("at least one member is needed")
+        if face not in FACE_RULES:
+            raise ValueError(f"face must be one of {sorted(FACE_RULES)}, got {face!r}")
         self.members = tuple(members)
         self._processes = processes
-        self._init_args = (replace(settings, onnx_threads=1), self.members, detector_size, pad)
+        self._init_args = (replace(settings, onnx_threads=1), self.members, detector_size, pad, face)
         self._pool: Pool | None = None
 
     def __enter__(self) -> FaceExtractor:
@@ -133,7 +157,12 @@ class _Worker:
     """The models of one worker process."""
 
     def __init__(
-        self, settings: Settings, members: tuple[Member, ...], detector_size: int | None, pad: float
+        self,
+        settings: Settings,
+        members: tuple[Member, ...],
+        detector_size: int | None,
+        pad: float,
+        face: str,
     ):
         cv2.setNumThreads(1)
         registry = ModelRegistry(settings)
@@ -148,19 +177,23 @@ class _Worker:
             self.pipeline = FacePipeline(
                 detector, self.pipeline.recognizer, max_image_pixels=settings.max_image_pixels
             )
+        # One network run per (model, flip): members that differ only by a projection share it.
+        self.first = _network(first)
         self.others = {}
-        for member in members[1:]:
-            model = registry.get(split_version(member.version)[0])
-            self.others[member] = Recognizer(
-                get_spec(model.spec), model.path, threads=1, flip_fusion=member.flip
-            )
+        for network in dict.fromkeys(_network(member) for member in members):
+            if network != self.first:
+                model = registry.get(network.version)
+                self.others[network] = Recognizer(
+                    get_spec(model.spec), model.path, threads=1, flip_fusion=network.flip
+                )
+        self.members = members
         self.projections = {
             member: registry.projection(name)
             for member in members
             if (name := split_version(member.version)[1]) is not None
         }
-        self.first = first
         self.pad = pad
+        self.pick = FACE_RULES[face]
 
     def process(self, job: ImageJob) -> ImageResult:
         data = job.path.read_bytes()
@@ -181,13 +214,16 @@ class _Worker:
         faces = self.pipeline.analyze_image(img)
         if not faces:
             return ImageResult(faces=0, occlusion=kind)
-        face = max(faces, key=lambda f: f.area)
-        embeddings = {self.first: face.embedding}
+        face = self.pick(faces, img.shape)
+        networks = {self.first: face.embedding}
         if self.others:
             crop = align_face(img, face.landmarks)
-            embeddings.update({member: rec.embed([crop])[0] for member, rec in self.others.items()})
-        for member, projection in self.projections.items():
-            embeddings[member] = projection.apply(embeddings[member])
+            networks.update({network: rec.embed([crop])[0] for network, rec in self.others.items()})
+        embeddings = {}
+        for member in self.members:
+            embedding = networks[_network(member)]
+            projection = self.projections.get(member)
+            embeddings[member] = embedding if projection is None else projection.apply(embedding)
         return ImageResult(
             faces=len(faces),
             landmarks=face.landmarks - pad,
@@ -195,6 +231,11 @@ class _Worker:
             embeddings=embeddings,
             occlusion=kind,
         )
+
+
+def _network(member: Member) -> Member:
+    """The network run a member needs: its base model version (projection left out), its flip option."""
+    return Member(split_version(member.version)[0], member.flip)
 
 
 _worker: _Worker | None = None

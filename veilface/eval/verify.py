@@ -93,10 +93,11 @@ def evaluate_pair_file(
     processes: int = 2,
     detector_size: int | None = None,
     pad: float = 0.0,
+    face: str = "largest",
 ) -> dict:
     """Evaluate ``pairs`` with ``variant``; write ``out`` (JSON) and its ROC and histogram PNGs beside it."""
     with FaceExtractor(
-        settings, variant.members, processes=processes, detector_size=detector_size, pad=pad
+        settings, variant.members, processes=processes, detector_size=detector_size, pad=pad, face=face
     ) as extractor:
         images = embed_images(extractor, pairs.root, pairs.images, desc="images")
     first = [images[p].embedding(variant) for p in pairs.first]
@@ -111,6 +112,7 @@ def evaluate_pair_file(
         "variant": variant.name,
         "detector_size": detector_size,
         "pad": pad,
+        "face": face,
         "folds_from_file": pairs.folds is not None,
         "detection": detection_report(list(images.values())),
         **outcome.report,
