@@ -31,6 +31,7 @@ from veilface.api import compreface
 from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
 from veilface.api.ratelimit import RateLimiter
 from veilface.config import load_settings
+from veilface.registry import BUILTIN_THRESHOLDS
 from veilface.schemas import FaceBox
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
@@ -578,7 +579,8 @@ def test_sdk_verifies_and_detects(sdk_run):
     assert same["similarity"] > other["similarity"]
     pair_same = max(m["similarity"] for m in sdk_run["pair_same"]["result"][0]["face_matches"])
     pair_other = max(m["similarity"] for m in sdk_run["pair_other"]["result"][0]["face_matches"])
-    assert pair_same > pair_other and pair_other < 0.68  # edgeface_xs threshold 0.36 is 0.68 here
+    threshold = compreface.compreface_similarity(BUILTIN_THRESHOLDS["edgeface_xs"])
+    assert pair_same > pair_other and pair_other < threshold
     assert sdk_run["detect"]["result"] and "plugins_versions" in sdk_run["detect"]
     assert sdk_run["no_face"] == {"message": "No face is found in the given image", "code": 28}
     assert sdk_run["read_only_add"]["code"] == 32
