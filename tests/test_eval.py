@@ -7,6 +7,7 @@ few LFW photos (40 pairs) and score some of them under encryption.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,7 @@ from veilface.eval.verification import (
     tar_at_far,
     threshold_at_far,
 )
+from veilface.registry import ModelRegistry
 
 SETTINGS = load_settings()
 DATA = SETTINGS.data_dir
@@ -323,3 +325,21 @@ def test_cli_counts_a_missing_face_as_an_error(tmp_path):
     assert report["encrypted"]["decision_disagreements_protocol"] == 0
     assert report["encrypted"]["pairs_scored"] == 4
     assert Path(report["plots"]["roc"]).exists() and Path(report["plots"]["histogram"]).exists()
+
+
+@needs_data
+def test_fit_projection_registers_a_calibrated_compact_version(tmp_path):
+    env = {"VEILFACE_MODEL_DIR": str(tmp_path / "models")}
+    args = ["models", "fit-projection", "pca16", "--dim", "16", "--base", "edgeface_xs", "--identities", "3"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["version"] == "edgeface_xs:pca16" and summary["dim"] == 16
+    assert summary["calibration"]["images"] == 42 and summary["calibration"]["fmr"] <= 1e-4
+    settings = load_settings({**os.environ, **env})
+    model = ModelRegistry(settings).get("edgeface_xs:pca16")
+    assert model.dim == 16 and model.threshold >= summary["calibration"]["threshold"]
+    projected = ModelRegistry(settings).projection("pca16").apply(np.eye(512, dtype=np.float32)[:3])
+    assert projected.shape == (3, 16) and np.allclose(np.linalg.norm(projected, axis=1), 1.0)
+    bad = CliRunner().invoke(main, [*args[:-1], "251"], env=env)
+    assert bad.exit_code != 0 and "identities must be 2 to 250" in str(bad.exception)

@@ -248,7 +248,34 @@ def models_list(settings: Settings) -> None:
 def models_activate(settings: Settings, version: str) -> None:
     """Make VERSION the model new templates and probes are made with."""
     model = ModelRegistry(settings).activate(version)
-    click.echo(f"active model: {model.version}; embedders pick it up when they restart")
+    click.echo(f"active model: {model.version}; embedders load it at their next task")
+
+
+@models.command("fit-projection")
+@click.argument("name")
+@click.option("--dim", type=int, default=128, show_default=True, help="Projected dimension (a power of 2).")
+@click.option("--base", "base_version", default=None, help="Model version to project (default: the active).")
+@click.option(
+    "--identities", default=250, show_default=True, help="Fit on CFP identities 001 to N (N <= 250)."
+)
+@click.option("--processes", default=2, show_default=True, help="Worker processes (one thread each).")
+@click.pass_obj
+def models_fit_projection(
+    settings: Settings, name: str, dim: int, base_version: str | None, identities: int, processes: int
+) -> None:
+    """Fit the compact-template projection NAME on CFP identities 001-250 and calibrate its threshold.
+
+    Galleries opt in with ``PUT /v1/galleries/{gallery} {"projection": NAME}``; their templates carry
+    the model version ``<base>:NAME``.
+    """
+    from veilface.eval.compact import fit_projection
+
+    base = base_version or ModelRegistry(settings).active().version
+    projection, calibration = fit_projection(
+        settings, name, base, dim, identities=identities, processes=processes
+    )
+    summary = {"version": projection.version, "dim": projection.dim, "calibration": calibration.as_dict()}
+    click.echo(json.dumps(summary))
 
 
 @main.group("eval")
@@ -280,6 +307,13 @@ def eval_group() -> None:
 @click.option("--processes", default=2, show_default=True, help="Worker processes (one thread each).")
 @click.option("--detector-size", type=int, default=None, help="SCRFD input side (production: 640).")
 @click.option("--pad", type=float, default=0.0, show_default=True, help="Border added before detection.")
+@click.option(
+    "--face",
+    type=click.Choice(["largest", "central"]),
+    default="largest",
+    show_default=True,
+    help="Face kept from an image with several (production: largest).",
+)
 @click.pass_obj
 def eval_pairs(
     settings: Settings,
@@ -291,6 +325,7 @@ def eval_pairs(
     processes: int,
     detector_size: int | None,
     pad: float,
+    face: str,
 ) -> None:
     """10-fold accuracy, TAR at FAR 1e-3 and 1e-4 and failures to detect on a pair list.
 
@@ -313,6 +348,7 @@ def eval_pairs(
         processes=processes,
         detector_size=detector_size,
         pad=pad,
+        face=face,
     )
     tar = ", ".join(f"TAR@FAR{far} {v['tar']:.4f}" for far, v in report["tar_at_far"].items())
     click.echo(
