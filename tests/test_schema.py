@@ -1,12 +1,14 @@
-"""``sql/schema.sql`` is the source of truth; the SQLAlchemy models must describe it exactly."""
+"""``sql/schema.sql`` is the source of truth; the SQLAlchemy models must describe it exactly; concurrent
+first writes to it are safe."""
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
-from veilface.store.db import create_schema
-from veilface.store.models import Base
+from veilface.store.apikeys import create_api_key, hash_key
+from veilface.store.db import create_schema, session_factory, session_scope, upsert_once
+from veilface.store.models import ApiKey, Base
 
 
 def _columns(inspector, table: str) -> dict[str, tuple[str, bool]]:
@@ -52,5 +54,31 @@ def test_models_match_schema_sql():
             " WHERE table_schema = DATABASE()"
         ).all()
     assert all(e == "InnoDB" and c.startswith("utf8mb4") for _, e, c in engines)
+    engine.dispose()
+    drop_mysql_database(name)
+
+
+def test_a_bootstrap_key_inserted_by_another_process_meanwhile_is_not_an_error():
+    """Gateway processes start together on an empty database: the one that loses the insert race
+    retries, finds the other's row and boots (it used to exit on the duplicate key)."""
+    name = f"{MYSQL_DATABASE}_race"
+    engine = create_engine(fresh_mysql_database(name))
+    create_schema(engine)
+    sessions = session_factory(engine)
+    attempts = []
+
+    def write(session):
+        attempts.append(session)
+        if len(attempts) == 1:  # between this look-up and this insert, the other process commits
+            assert session.scalar(select(ApiKey)) is None
+            with session_scope(sessions) as other:
+                create_api_key(other, "bootstrap", "admin", key="chosen-key")
+            session.add(ApiKey(name="bootstrap", key_hash=hash_key("chosen-key"), scope="admin"))
+        else:
+            create_api_key(session, "bootstrap", "admin", key="chosen-key")
+
+    upsert_once(sessions, write)
+    with session_scope(sessions) as session:
+        assert len(attempts) == 2 and len(session.scalars(select(ApiKey)).all()) == 1
     engine.dispose()
     drop_mysql_database(name)

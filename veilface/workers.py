@@ -18,11 +18,10 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.errors import KeyMismatch
-from veilface.store.db import session_scope
+from veilface.store.db import session_scope, upsert_once
 from veilface.store.models import Worker, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,14 +44,7 @@ def set_key_set(session: Session, fingerprint: str) -> None:
 
 def announce_key_set(sessions: sessionmaker[Session], fingerprint: str) -> None:
     """Record ``fingerprint`` as the deployment's key set (the gateway, at start)."""
-    for attempt in range(2):
-        try:
-            with session_scope(sessions) as session:
-                set_key_set(session, fingerprint)
-            return
-        except IntegrityError:  # another gateway process inserted the row first
-            if attempt:
-                raise
+    upsert_once(sessions, lambda session: set_key_set(session, fingerprint))
 
 
 def deployment_key_set(session: Session) -> str | None:

@@ -14,7 +14,7 @@ from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
 from veilface.store.apikeys import create_api_key
-from veilface.store.db import create_schema, make_engine, session_factory, session_scope
+from veilface.store.db import create_schema, make_engine, session_factory, upsert_once
 from veilface.workers import announce_key_set
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = make_engine(settings)
     create_schema(engine)
     sessions = session_factory(engine)
-    if settings.bootstrap_api_key:
-        with session_scope(sessions) as session:
-            create_api_key(session, "bootstrap", "admin", key=settings.bootstrap_api_key)
+    if key := settings.bootstrap_api_key:
+        upsert_once(sessions, lambda session: create_api_key(session, "bootstrap", "admin", key=key))
 
     keys = SecretContext.load(settings.secret_context_path)
     # Workers compare their public context with this; one of another key set refuses to run.

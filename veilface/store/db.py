@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.config import Settings
@@ -61,3 +62,19 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def upsert_once(factory: sessionmaker[Session], write: Callable[[Session], None]) -> None:
+    """Run ``write`` (a look-up, then an insert if missing) in a transaction, again if it lost a race.
+
+    Several gateway processes start at once on an empty database: two may both miss the row and both
+    insert it. The loser's transaction fails on the unique key; its second try finds the row.
+    """
+    for attempt in range(2):
+        try:
+            with session_scope(factory) as session:
+                write(session)
+            return
+        except IntegrityError:
+            if attempt:
+                raise
