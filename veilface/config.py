@@ -134,3 +134,16 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
             values[f.name] = _parse(f.type, raw)
     values.update(overrides)
     return Settings(**values)
+
+
+def path_environ(settings: Settings) -> dict[str, str]:
+    """The ``VEILFACE_*`` variables of every folder setting, made absolute.
+
+    A relative folder in the environment is relative to the current directory; child processes
+    started in other folders (gunicorn and the workers run in ``services/*``) get these instead.
+    """
+    return {
+        f"VEILFACE_{f.name.upper()}": str(Path(value).absolute())
+        for f in fields(Settings)
+        if "Path" in str(f.type) and (value := getattr(settings, f.name)) is not None
+    }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from veilface.config import Settings, load_settings
+from veilface.config import Settings, load_settings, path_environ
 
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 
@@ -84,6 +84,7 @@ class Stack:
 
     def start(self) -> Stack:
         settings = load_settings(self.env)
+        self.env.update(path_environ(settings))
         ensure_keys(settings, self.env)
         self.env["VEILFACE_BIND"] = self.bind
         self._spawn("gateway", [_bin("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], SERVICES / "gateway")
