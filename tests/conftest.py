@@ -88,7 +88,9 @@ def key_dir(tmp_path_factory) -> Path:
 
 def _stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEILFACE_")}
+    (var_dir / "tmp").mkdir(parents=True, exist_ok=True)
     env.update(
+        TMPDIR=str(var_dir / "tmp"),  # the services' temporary files, where the dump test scans them
         VEILFACE_VAR_DIR=str(var_dir),
         VEILFACE_KEY_DIR=str(key_dir),
         VEILFACE_BOOTSTRAP_API_KEY=ADMIN_KEY,

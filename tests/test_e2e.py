@@ -1,5 +1,5 @@
 """End to end through HTTP on MariaDB + Redis: enroll 50 LFW identities, identify, delete,
-then scan every table and Redis key for a plaintext embedding.
+then scan every table, Redis key, log and temporary file for an embedding, a photo or the secret key.
 """
 
 from __future__ import annotations
@@ -172,28 +172,45 @@ def _expand(blob: bytes, depth: int = 3) -> list[bytes]:
     return found
 
 
-def _scan(blob: bytes, vectors: np.ndarray) -> bool:
+def _needles(files: list[Path], width: int = 64) -> list[bytes]:
+    """Three ``width``-byte windows of each file: finding one means that file's content was stored."""
+    needles = []
+    for path in files:
+        data = path.read_bytes()
+        needles.extend(data[k : k + width] for k in (len(data) // 4, len(data) // 2, 3 * len(data) // 4))
+    return needles
+
+
+def _leak(blob: bytes, vectors: np.ndarray, needles: list[bytes]) -> str | None:
+    """What ``blob`` (or base64 or JSON inside it) leaks: a plaintext embedding, a needle, or nothing."""
     for part in _expand(blob):
         if _contains_vector(part, vectors):
-            return True
+            return "a plaintext embedding"
         try:
             if _contains_vector_text(part.decode("utf-8"), vectors):
-                return True
+                return "a plaintext embedding (text)"
         except UnicodeDecodeError:
             pass
-    return False
+        if any(needle in part for needle in needles):
+            return "part of a photo or of the secret key"
+    return None
 
 
-def test_no_plaintext_embedding_in_database_or_redis(stack, mysql_redis_env, enrolled):
+def test_dump_holds_no_embedding_photo_or_secret_key(stack, mysql_redis_env, enrolled):
+    """After the session's API tests (attacks, CompreFace, console, this module) ran on the shared
+    stack: every MariaDB row, Redis value and file the services wrote (logs, temporary files: the
+    stack's TMPDIR is inside its var folder) is free of embeddings, photos and the secret key."""
     settings = load_settings(mysql_redis_env)
     pipeline = FacePipeline.from_model(settings, ModelRegistry(settings).active())
-    vectors = []
-    for photos in enrolled[:20]:
-        for photo in photos[:2]:
-            vectors.extend(face.embedding for face in pipeline.analyze(photo.read_bytes()))
-    vectors = np.array(vectors)
-    assert _scan(vectors[3].astype(np.float32).tobytes(), vectors), "the scanner must find a planted vector"
-    assert _scan(json.dumps(vectors[4].tolist()).encode(), vectors), "the scanner must find a JSON vector"
+    photos = [photo for people in enrolled[:20] for photo in people[:2]]
+    vectors = np.array([face.embedding for photo in photos for face in pipeline.analyze(photo.read_bytes())])
+    needles = _needles([*photos, settings.secret_context_path])
+    secret = settings.secret_context_path.read_bytes()
+    # The scanner finds what it looks for, raw or wrapped.
+    assert _leak(vectors[3].astype(np.float32).tobytes(), vectors, needles)
+    assert _leak(json.dumps(vectors[4].tolist()).encode(), vectors, needles)
+    assert _leak(base64.b64encode(photos[5].read_bytes()), vectors, needles)
+    assert _leak(b"log line " + secret[len(secret) // 2 - 100 :][:4096], vectors, needles)
 
     engine = create_engine(mysql_redis_env["VEILFACE_DATABASE_URL"])
     scanned_rows = 0
@@ -203,7 +220,7 @@ def test_no_plaintext_embedding_in_database_or_redis(stack, mysql_redis_env, enr
                 scanned_rows += 1
                 for value in row:
                     blob = value if isinstance(value, bytes) else str(value).encode()
-                    assert not _scan(blob, vectors), f"plaintext embedding in table {table}"
+                    assert not (leak := _leak(blob, vectors, needles)), f"{leak} in table {table}"
     assert scanned_rows > N_IDENTITIES
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -217,4 +234,10 @@ def test_no_plaintext_embedding_in_database_or_redis(stack, mysql_redis_env, enr
             "zset": lambda k: client.zrange(k, 0, -1),
         }.get(kind, lambda k: [])(key)
         for value in values:
-            assert not _scan(value or b"", vectors), f"plaintext embedding in Redis key {key!r}"
+            assert not (leak := _leak(value or b"", vectors, needles)), f"{leak} in Redis key {key!r}"
+
+    assert not settings.secret_context_path.is_relative_to(settings.var_dir)  # the key lives elsewhere
+    written = [path for path in settings.var_dir.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".log" for path in written)
+    for path in written:
+        assert not (leak := _leak(path.read_bytes(), vectors, needles)), f"{leak} in {path}"
