@@ -8,7 +8,8 @@ from sqlalchemy import create_engine, inspect, select
 from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
 from veilface.store.apikeys import create_api_key, hash_key
 from veilface.store.db import create_schema, session_factory, session_scope, upsert_once
-from veilface.store.models import ApiKey, Base
+from veilface.store.galleries import get_or_create_gallery, get_or_create_subject
+from veilface.store.models import ApiKey, Base, Gallery
 
 
 def _columns(inspector, table: str) -> dict[str, tuple[str, bool]]:
@@ -80,5 +81,25 @@ def test_a_bootstrap_key_inserted_by_another_process_meanwhile_is_not_an_error()
     upsert_once(sessions, write)
     with session_scope(sessions) as session:
         assert len(attempts) == 2 and len(session.scalars(select(ApiKey)).all()) == 1
+    engine.dispose()
+    drop_mysql_database(name)
+
+
+def test_gallery_and_subject_created_meanwhile_by_another_transaction_are_found():
+    """Two first enrollments into a new gallery at once: the one that loses the insert race must find
+    the winner's row although its own snapshot predates it (it used to get None: a 500)."""
+    name = f"{MYSQL_DATABASE}_created"
+    engine = create_engine(fresh_mysql_database(name))
+    create_schema(engine)
+    sessions = session_factory(engine)
+    with session_scope(sessions) as late:
+        assert late.scalar(select(Gallery)) is None  # the snapshot of this transaction starts here
+        with session_scope(sessions) as first:
+            gallery = get_or_create_gallery(first, "lobby")
+            get_or_create_subject(first, gallery, "ada")
+        found = get_or_create_gallery(late, "lobby")
+        assert found is not None and found.name == "lobby"
+        subject = get_or_create_subject(late, found, "ada")
+        assert subject is not None and subject.name == "ada"
     engine.dispose()
     drop_mysql_database(name)

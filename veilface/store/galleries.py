@@ -37,7 +37,9 @@ def get_or_create_gallery(session: Session, name: str) -> Gallery:
             gallery = Gallery(name=name)
             session.add(gallery)
     except IntegrityError:
-        gallery = session.scalar(select(Gallery).where(Gallery.name == name))
+        # Another transaction committed it first. A plain read would use this transaction's snapshot
+        # (InnoDB's repeatable read), taken before that commit; a locking read sees the committed row.
+        gallery = session.scalar(select(Gallery).where(Gallery.name == name).with_for_update(read=True))
     return gallery
 
 
@@ -66,8 +68,12 @@ def get_or_create_subject(session: Session, gallery: Gallery, name: str) -> Subj
         with session.begin_nested():
             subject = Subject(gallery_id=gallery.id, name=name)
             session.add(subject)
-    except IntegrityError:
-        subject = get_subject(session, gallery, name)
+    except IntegrityError:  # committed by another transaction first: see get_or_create_gallery
+        subject = session.scalar(
+            select(Subject)
+            .where(Subject.gallery_id == gallery.id, Subject.name == name)
+            .with_for_update(read=True)
+        )
     return subject
 
 
