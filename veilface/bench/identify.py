@@ -5,6 +5,12 @@ stack (MariaDB + Redis when ``VEILFACE_DATABASE_URL`` / ``VEILFACE_BROKER_URL`` 
 else the embedded defaults), enrolls ``--gallery`` LFW photos over HTTP (each its own
 subject, so every template is searched), waits for compaction, then times ``--queries``
 identify requests with held-back photos of enrolled people.
+
+With ``--plaintext`` the bench also runs the plaintext pipeline in its own process (the active model,
+the largest face of each photo, cosine similarity, no encryption) on the same gallery and queries, and
+counts the queries whose HTTP top-1 differs from the plaintext top-1. Those plaintext embeddings only
+live in this process's memory. ``--queries 0`` searches one held-back photo of every LFW identity
+with two photos or more (1,680 identities).
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import requests
 from tqdm import tqdm
 
-from veilface.config import load_settings
+from veilface.config import Settings, load_settings
 from veilface.demo import percentile
+from veilface.face.pipeline import FacePipeline
+from veilface.registry import ModelRegistry
 from veilface.stack import Stack
 
 
@@ -31,19 +40,42 @@ def _photos(lfw: Path) -> list[list[Path]]:
     return [sorted(p.glob("*.jpg")) for p in sorted(lfw.iterdir()) if p.is_dir()]
 
 
+def plaintext_top1(settings: Settings, gallery: list[Path], probes: list[Path]) -> list[str | None]:
+    """Top-1 subject (photo stem) of each probe by plaintext cosine similarity, as enrollment and
+    identify pick faces (the largest); ``None`` when the probe has no face."""
+    pipeline = FacePipeline.from_model(settings, ModelRegistry(settings).active())
+
+    def embed(photo: Path) -> np.ndarray | None:
+        faces = pipeline.analyze(photo.read_bytes())
+        return max(faces, key=lambda f: f.area).embedding if faces else None
+
+    enrolled = [
+        (photo.stem, e)
+        for photo in tqdm(gallery, desc="plaintext gallery")
+        if (e := embed(photo)) is not None
+    ]
+    names, matrix = [name for name, _ in enrolled], np.stack([e for _, e in enrolled])
+    best = []
+    for probe in tqdm(probes, desc="plaintext probes"):
+        e = embed(probe)
+        best.append(None if e is None else names[int(np.argmax(matrix @ e))])
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gallery", type=int, default=1000)
-    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=50, help="0: every identity with two photos")
     parser.add_argument("--embedders", type=int, default=2)
     parser.add_argument("--matchers", type=int, default=1)
     parser.add_argument("--bind", default="127.0.0.1:8090")
+    parser.add_argument("--plaintext", action="store_true", help="compare top-1 with the plaintext pipeline")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     settings = load_settings()
     people = _photos(settings.data_dir / "lfw" / "images")
-    queries = [(p[0], p[1]) for p in people if len(p) >= 2][: args.queries]
+    queries = [(p[0], p[1]) for p in people if len(p) >= 2][: args.queries or None]
     query_names = {q[0] for q in queries}
     others = [photo for p in people for photo in p if photo not in query_names and len(p) == 1]
     gallery = [q[0] for q in queries] + others[: args.gallery - len(queries)]
@@ -70,9 +102,10 @@ def main() -> None:
 
         with ThreadPoolExecutor(args.embedders * 2) as pool:
             codes = list(tqdm(pool.map(enroll, gallery), total=len(gallery), desc="enroll"))
-        enrolled = codes.count(201)
+        enrolled = [photo for photo, code in zip(gallery, codes, strict=True) if code == 201]
+        failures = {str(photo): code for photo, code in zip(gallery, codes, strict=True) if code != 201}
         time.sleep(5)  # let the last compaction land
-        latencies, correct = [], 0
+        latencies, correct, answers = [], 0, []
         for enrolled_photo, probe in tqdm(queries, desc="identify"):
             start = time.perf_counter()
             r = requests.post(
@@ -84,17 +117,26 @@ def main() -> None:
             latencies.append(time.perf_counter() - start)
             faces = r.json().get("faces", []) if r.ok else []
             best = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
-            correct += (
-                bool(best and best["candidates"]) and best["candidates"][0]["subject"] == enrolled_photo.stem
-            )
+            answers.append(best["candidates"][0]["subject"] if best and best["candidates"] else None)
+            correct += answers[-1] == enrolled_photo.stem
     finally:
         stack.stop()
+    plaintext = {}
+    if args.plaintext:
+        expected = plaintext_top1(settings, enrolled, [probe for _, probe in queries])
+        differ = [str(probe) for (_, probe), a, b in zip(queries, answers, expected, strict=True) if a != b]
+        plaintext = {
+            "plaintext_top1_correct": sum(e == q.stem for (q, _), e in zip(queries, expected, strict=True)),
+            "top1_differs_from_plaintext": len(differ),
+            "differing_queries": differ,
+        }
 
     report = {
-        "gallery_templates": enrolled,
-        "enroll_failures": len(gallery) - enrolled,
+        "gallery_templates": len(enrolled),
+        "enroll_failures": failures,
         "queries": len(queries),
         "top1_correct": correct,
+        **plaintext,
         "identify_p50_s": round(statistics.median(latencies), 3),
         "identify_p95_s": round(percentile(latencies, 0.95), 3),
         "identify_mean_s": round(statistics.fmean(latencies), 3),
