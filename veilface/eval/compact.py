@@ -10,6 +10,7 @@ models. Embeddings stay in memory; only the projection (mean, matrix, threshold)
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,9 +22,6 @@ from veilface.eval.variants import Variant
 from veilface.eval.verify import embed_images
 from veilface.projection import Projection, fit_pca
 from veilface.registry import ModelRegistry
-
-#: False match rate the projection's threshold is calibrated at (the built-in models' too).
-TARGET_FMR = 1e-4
 
 
 def fit_projection(
@@ -59,14 +57,7 @@ def fit_projection(
     calibration = calibrate(
         list(projection.apply(np.stack([e for _, e in found]))),
         [benchmarks.cfp_identity(path) for path, _ in found],
-        TARGET_FMR,
-    )
-    fitted = Projection(
-        name,
-        base.version,
-        projection.mean,
-        projection.matrix,
-        math.ceil(calibration.threshold * 1e4) / 1e4,
-    )
+    )  # at calibrate's default FMR, 1e-4, as make eval calibrates the built-in models
+    fitted = replace(projection, threshold=math.ceil(calibration.threshold * 1e4) / 1e4)
     fitted.save(registry.projections_path)
     return fitted, calibration
