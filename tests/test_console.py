@@ -559,7 +559,7 @@ def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admi
     ready = requests.get(f"{stack.url}/readyz", timeout=30).json()["checks"]
     assert page.get_by_test_id("status-model-active").text_content() == ready["model"]["active"]
     shown = float(page.get_by_test_id("status-threshold").text_content())
-    assert shown == pytest.approx(ready["model"]["threshold"], abs=5e-4)
+    assert shown == pytest.approx(ready["model"]["threshold"], abs=5e-5)
     degree = page.get_by_test_id("ckks-poly_modulus_degree").text_content()
     assert degree == str(DEFAULT_PARAMS.poly_modulus_degree)
     assert page.get_by_test_id("status-key-holder").text_content() == "gateway"

@@ -598,7 +598,7 @@
     api("GET", paths.status())
       .then((status) => {
         modelThreshold = status.model.threshold;
-        thresholdHint.textContent = "Empty: the model's threshold (" + fmt(modelThreshold, 2) + ", " + status.model.active + ").";
+        thresholdHint.textContent = "Empty: the model's threshold (" + fmt(modelThreshold, 4) + ", " + status.model.active + ").";
       })
       .catch(() => undefined);
 
@@ -720,7 +720,7 @@
         drawFaces(canvas, img, boxes);
         canvas.setAttribute("aria-label", "Photo with " + faces.length + " face(s) marked: " + boxes.map((b) => b.label).join(", "));
       }
-      const cut = typeof threshold === "number" ? " Threshold " + fmt(threshold, 2) + "." : "";
+      const cut = typeof threshold === "number" ? " Threshold " + fmt(threshold, 4) + "." : "";
       summary.textContent = faces.length
         ? faces.length + " face(s): " + known + " identified, " + (faces.length - known) + " unknown or unusable." + cut
         : "No face found in this photo.";
@@ -814,7 +814,7 @@
       try {
         const result = await call();
         similarity.textContent = fmt(result.similarity);
-        thresholdOut.textContent = fmt(result.threshold);
+        thresholdOut.textContent = fmt(result.threshold, 4);
         decision.dataset.match = String(result.match);
         decision.className = "decision " + (result.match ? "ok" : "bad");
         if (who === null) decision.textContent = result.match ? "Match: same person" : "No match: different people";
@@ -1089,7 +1089,7 @@
       const m = (status && status.model) || checks.model || {};
       facts(model, [
         ["Active model", m.active || "unknown", "status-model-active"],
-        ["Threshold", fmt(m.threshold, 3), "status-threshold"],
+        ["Threshold", fmt(m.threshold, 4), "status-threshold"],
         ["Embedding size", m.dim ? String(m.dim) : "–", "status-model-dim"],
         ["Model file", checks.model ? (checks.model.ok ? "present" : "missing") : "unknown", "status-model-file"],
       ]);
