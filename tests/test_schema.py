@@ -3,6 +3,8 @@ first writes to it are safe."""
 
 from __future__ import annotations
 
+import multiprocessing
+
 from sqlalchemy import create_engine, inspect, select
 
 from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
@@ -103,3 +105,23 @@ def test_gallery_and_subject_created_meanwhile_by_another_transaction_are_found(
         assert subject is not None and subject.name == "ada"
     engine.dispose()
     drop_mysql_database(name)
+
+
+def _create_schema_at(url: str, barrier) -> None:
+    barrier.wait()  # every process creates the schema at the same moment
+    create_schema(create_engine(url))
+
+
+def test_processes_creating_the_sqlite_schema_together_all_succeed(tmp_path):
+    """The embedded stack's gateway and workers start together on one new SQLite file (a matcher used
+    to die on 'table galleries already exists')."""
+    url = f"sqlite:///{tmp_path / 'veilface.db'}"
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    processes = [context.Process(target=_create_schema_at, args=(url, barrier)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    assert set(inspect(create_engine(url)).get_table_names()) == set(Base.metadata.tables)

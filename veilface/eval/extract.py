@@ -2,8 +2,9 @@
 
 Each worker holds one :class:`~veilface.face.pipeline.FacePipeline` built with
 :meth:`~veilface.face.pipeline.FacePipeline.from_model` for the first member, plus one extra
-:class:`~veilface.face.embed.Recognizer` per other member: an image is decoded, detected and aligned
-once, and every member embeds the same aligned face. The face kept is the largest, as the gateway picks
+:class:`~veilface.face.embed.Recognizer` per other network (model and flip option; members that differ
+only by a projection share one): an image is decoded, detected and aligned once, and every member
+embeds the same aligned face. The face kept is the largest, as the gateway picks
 for a 1:1 comparison (``face="central"`` measures insightface's rule instead). Embeddings stay in
 memory: they are returned to the parent process through a pipe and never written anywhere (plaintext
 embeddings are biometric data).

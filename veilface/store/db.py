@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from veilface.config import Settings
 from veilface.store.models import Base
@@ -43,7 +44,13 @@ def create_schema(engine: Engine) -> None:
             for statement in statements:
                 conn.exec_driver_sql(statement)
     else:
-        Base.metadata.create_all(engine)
+        # IF NOT EXISTS, not create_all's check-then-create: the gateway and the workers of the
+        # embedded stack start together on one SQLite file, and a check could be stale by its create.
+        with engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                conn.execute(CreateTable(table, if_not_exists=True))
+                for index in table.indexes:
+                    conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
