@@ -53,10 +53,10 @@ def fit_projection(
     with FaceExtractor(settings, variant.members, processes=processes) as extractor:
         results = embed_images(extractor, root, dev, desc=f"cfp 001-{identities:03d}")
     found = [(path, e) for path in dev if (e := results[path].embedding(variant)) is not None]
-    projection = fit_pca(name, base.version, np.stack([e for _, e in found]), dim)
+    embeddings = np.stack([e for _, e in found])
+    projection = fit_pca(name, base.version, embeddings, dim)
     calibration = calibrate(
-        list(projection.apply(np.stack([e for _, e in found]))),
-        [benchmarks.cfp_identity(path) for path, _ in found],
+        list(projection.apply(embeddings)), [benchmarks.cfp_identity(path) for path, _ in found]
     )  # at calibrate's default FMR, 1e-4, as make eval calibrates the built-in models
     fitted = replace(projection, threshold=math.ceil(calibration.threshold * 1e4) / 1e4)
     fitted.save(registry.projections_path)

@@ -38,14 +38,9 @@ from veilface.face.detect import FaceDetector
 from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
 from veilface.face.models import get_spec
-from veilface.face.pipeline import Face, FacePipeline
+from veilface.face.pipeline import Face, FacePipeline, largest_face
 from veilface.projection import split_version
 from veilface.registry import ModelRegistry
-
-
-def largest_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face:
-    """The face of largest box, the one the gateway compares (production)."""
-    return max(faces, key=lambda f: f.area)
 
 
 def central_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face:
@@ -60,7 +55,7 @@ def central_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face:
 
 
 #: How the face of an image with several is chosen.
-FACE_RULES = {"largest": largest_face, "central": central_face}
+FACE_RULES = {"largest": lambda faces, shape: largest_face(faces), "central": central_face}
 
 
 @dataclass(frozen=True, eq=False)

@@ -39,6 +39,11 @@ class Face:
         return self.box[2] * self.box[3]
 
 
+def largest_face(faces: Sequence[Face]) -> Face:
+    """The face of largest box: the one enrolled with ``?face=largest`` and compared 1:1."""
+    return max(faces, key=lambda f: f.area)
+
+
 class FacePipeline:
     """Decode, detect, check quality, align and embed; holds one detector and one recogniser session."""
 
@@ -134,7 +139,7 @@ class FacePipeline:
             raise MultipleFaces(
                 f"the image holds {len(faces)} faces; pass ?face=largest to enroll the largest one"
             )
-        face = max(faces, key=lambda f: f.area)
+        face = largest_face(faces)
         if face.quality_reason:
             raise PoorQuality(face.quality_reason)
         return face
