@@ -327,6 +327,22 @@ def test_cli_counts_a_missing_face_as_an_error(tmp_path):
     assert Path(report["plots"]["roc"]).exists() and Path(report["plots"]["histogram"]).exists()
 
 
+def test_cli_refuses_a_bad_pair_file_without_a_traceback(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.full((8, 8, 3), 128, np.uint8))
+    cases = {
+        "a.jpg a.jpg 2\n": "label must be 0 or 1",
+        "a.jpg gone/b.jpg 1\n": "1 image(s) not found",
+    }
+    for text, reason in cases.items():
+        (tmp_path / "pairs.txt").write_text(text)
+        args = ["eval", "pairs", "--pairs", str(tmp_path / "pairs.txt"), "--root", str(tmp_path)]
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "report.json")])
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--pairs'" in result.output and reason in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "report.json").exists()
+
+
 @needs_data
 def test_fit_projection_registers_a_calibrated_compact_version(tmp_path):
     env = {"VEILFACE_MODEL_DIR": str(tmp_path / "models")}

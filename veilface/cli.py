@@ -336,12 +336,20 @@ def eval_pairs(
     from veilface.eval.variants import Variant
     from veilface.eval.verify import evaluate_pair_file
 
+    try:
+        pairs = read_pair_file(pairs_file, root)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--pairs'") from exc
+    if missing := pairs.missing_images():
+        raise click.BadParameter(
+            f"{len(missing)} image(s) not found under {root}, the first: {missing[0]}", param_hint="'--pairs'"
+        )
     variant = Variant.parse(
         model or ModelRegistry(settings).active().version, default_flip=settings.flip_fusion
     )
     report = evaluate_pair_file(
         settings,
-        read_pair_file(pairs_file, root),
+        pairs,
         variant,
         out,
         encrypted=encrypted,

@@ -53,6 +53,10 @@ class PairList:
             dict.fromkeys(path for pair in zip(self.first, self.second, strict=True) for path in pair)
         )
 
+    def missing_images(self) -> list[str]:
+        """The images the pairs name that are not files under ``root``."""
+        return [path for path in self.images if not (self.root / path).is_file()]
+
     def select(self, keep: np.ndarray) -> PairList:
         """The pairs where the bool mask ``keep`` is true."""
         idx = np.flatnonzero(keep)
