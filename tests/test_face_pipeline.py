@@ -17,7 +17,7 @@ from veilface.face import (
     assess,
     get_spec,
 )
-from veilface.face.align import ARCFACE_TEMPLATE
+from veilface.face.align import ARCFACE_TEMPLATE, similarity_transform
 
 SETTINGS = load_settings()
 LFW = SETTINGS.data_dir / "lfw" / "images"
@@ -119,6 +119,26 @@ def test_alignment_moves_landmarks_onto_the_template(size):
     aligned = cv2.cvtColor(align_face(canvas, landmarks, size=size), cv2.COLOR_BGR2GRAY)
     for x, y in ARCFACE_TEMPLATE * size / 112:
         assert aligned[round(y), round(x)] > 200
+
+
+def test_similarity_fit_is_least_squares_over_all_five_points():
+    rng = np.random.default_rng(0)
+    angle = np.deg2rad(-30)
+    rotation = 2.5 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    exact = ARCFACE_TEMPLATE @ rotation.T + (80, 20)
+    np.testing.assert_allclose(
+        similarity_transform(exact, ARCFACE_TEMPLATE) @ np.append(exact[0], 1), ARCFACE_TEMPLATE[0], atol=1e-4
+    )
+    noisy = exact + rng.normal(0, 6, exact.shape)
+    noisy[4] += (25, -15)  # one point far off, as on a profile face: it still counts
+    matrix = similarity_transform(noisy, ARCFACE_TEMPLATE)
+    # OpenCV's fit, made to keep every point as an inlier, refines to the same least-squares optimum.
+    reference, _ = cv2.estimateAffinePartial2D(
+        noisy.astype(np.float32), ARCFACE_TEMPLATE, method=cv2.RANSAC, ransacReprojThreshold=1e9
+    )
+    np.testing.assert_allclose(matrix, reference, atol=1e-4)
+    with pytest.raises(ValueError, match="similarity"):
+        similarity_transform(np.ones((5, 2)), ARCFACE_TEMPLATE)
 
 
 def test_embedding_does_not_depend_on_the_batch(abel, pipeline):

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from veilface.config import Settings
 from veilface.face import FaceDetector, align_face, decode_image
 
-FORMAT = "veilface-faces/1"
+#: Changes whenever the crops would: 2 is the least-squares alignment.
+FORMAT = "veilface-faces/2"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Largest database the writer may grow to; LMDB files are sparse, so this costs nothing until used.
 _MAP_SIZE = 1 << 40

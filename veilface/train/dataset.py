@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from veilface.eval.occlusion import stable_seed
-from veilface.face.align import ARCFACE_TEMPLATE
+from veilface.face.align import ARCFACE_TEMPLATE, similarity_transform
 from veilface.train.backbones import MEAN, STD
 from veilface.train.config import AugmentConfig
 from veilface.train.data import FaceDB
@@ -27,8 +26,9 @@ def to_tensor(crops: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
 def crop_landmarks(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
     """Where the five landmarks of a photo land in its aligned crop (the aligner's similarity transform)."""
     points = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
-    matrix, _ = cv2.estimateAffinePartial2D(points, ARCFACE_TEMPLATE * (size / 112.0), method=cv2.LMEDS)
-    if matrix is None:
+    try:
+        matrix = similarity_transform(points, ARCFACE_TEMPLATE * (size / 112.0))
+    except ValueError:
         return ARCFACE_TEMPLATE * (size / 112.0)
     return (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
 
