@@ -21,7 +21,7 @@ from veilface.projection import Projection, split_version
 #: Cosine-similarity thresholds at FMR 1e-4 with flip fusion (the default), calibrated by ``make eval``
 #: on development impostor pairs (CFP identities 001-250, never the evaluation pairs) and rounded up:
 #: see docs/accuracy.md.
-BUILTIN_THRESHOLDS = {"edgeface_xs": 0.3395, "edgeface_xxs": 0.3704, "mobilefacenet": 0.6751}
+BUILTIN_THRESHOLDS = {"edgeface_xs": 0.3356, "edgeface_xxs": 0.3590, "mobilefacenet": 0.6663}
 
 
 @dataclass(frozen=True)
