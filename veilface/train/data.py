@@ -236,7 +236,10 @@ class FaceDB:
                 raise ValueError(f"{self.path} is not a face database made by veilface.train.build_lmdb")
             self.info: dict = json.loads(raw)
             if self.info.get("format") != FORMAT:
-                raise ValueError(f"{self.path}: unknown format {self.info.get('format')!r}")
+                raise ValueError(
+                    f"{self.path}: format {self.info.get('format')!r}, this version reads {FORMAT!r}"
+                    " (crops made by another aligner): rebuild it with python -m veilface.train.build_lmdb"
+                )
             self.records: list[FaceRecord] = [
                 _record(json.loads(txn.get(f"meta-{i:08d}".encode()))) for i in range(self.info["count"])
             ]
