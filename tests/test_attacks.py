@@ -81,7 +81,7 @@ def attack(stack, mysql_redis_env, admin_headers, lfw_people) -> Iterator[Attack
         f"{stack.url}/v1/galleries/{GALLERY}/subjects/{person[0]}/faces",
         headers=admin_headers,
         files=[("image", photos[0].read_bytes())],
-        params={"face": "largest"},
+        params={"face": "main"},
         timeout=120,
     )
     assert r.status_code == 201, r.text
@@ -472,7 +472,7 @@ def test_gallery_bound_key_stays_in_its_gallery(attack: Attack):
         f"/v1/galleries/{BOUND_GALLERY}/subjects/{subject}/faces",
         attack.bound,
         photo.read_bytes(),
-        face="largest",
+        face="main",
     )
     assert r.status_code == 201, r.text
     listing = requests.get(
@@ -494,7 +494,7 @@ def test_audit_log_records_enrollment_search_and_deletion_without_content(attack
             f"/v1/galleries/{GALLERY}/subjects/{subject}/faces",
             attack.admin,
             photos[0].read_bytes(),
-            face="largest",
+            face="main",
         ).status_code
         == 201
     )

@@ -172,15 +172,17 @@ class ScriptedGateway:
     def _faces(self, image: bytes) -> list[tuple[str, FaceBox]]:
         if self.down:
             raise errors.Unavailable("no embedder is online")
-        return [(f["who"], FaceBox(tuple(f["box"]), f["score"])) for f in json.loads(image)]
+        faces = [(f["who"], FaceBox(tuple(f["box"]), f["score"])) for f in json.loads(image)]
+        # The embedder lists the main face first; scripted boxes share a corner, so it is the largest.
+        return sorted(faces, key=lambda f: f[1].box[2], reverse=True)
 
-    def enroll(self, gallery_name, subject_name, images, *, largest):
+    def enroll(self, gallery_name, subject_name, images, *, main_face):
         faces = self._faces(images[0])
         if not faces:
             raise errors.NoFace()
-        if len(faces) > 1 and not largest:
+        if len(faces) > 1 and not main_face:
             raise errors.MultipleFaces()
-        who = max(faces, key=lambda f: f[1].box[2])[0]
+        who = faces[0][0]
         with self.session() as s:  # like the embedder: the subject comes with its first template
             gallery = store.get_or_create_gallery(s, gallery_name)
             subject = store.get_or_create_subject(s, gallery, subject_name)
@@ -212,7 +214,7 @@ class ScriptedGateway:
         return [FaceScore(face, self._similarity(who, template_id)) for who, face in self._faces(image)]
 
     def compare(self, source, target):
-        first = max(self._faces(source), key=lambda f: f[1].box[2])
+        first = self._faces(source)[0]
         return first[1], [FaceScore(f, SAME if w == first[0] else OTHER) for w, f in self._faces(target)]
 
 

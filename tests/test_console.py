@@ -345,7 +345,7 @@ def test_enroll_two_identities_with_boxes_and_per_image_errors(
 
     page.get_by_test_id("enroll-clear").click()
     page.get_by_test_id("enroll-subject").fill(display_name(first[0]))
-    page.get_by_test_id("enroll-largest").check()
+    page.get_by_test_id("enroll-main").check()
     page.get_by_test_id("enroll-photos").set_input_files([str(first[0]), str(first[1])])
     page.get_by_test_id("enroll-submit").click()
     summary = page.get_by_test_id("enroll-summary")
@@ -588,7 +588,7 @@ def test_hostile_names_are_shown_as_text_and_never_run(
     page.get_by_test_id("enroll-gallery").fill("script-names")
     page.get_by_test_id("enroll-subject").fill(SCRIPT_SUBJECT)
     page.get_by_test_id("enroll-photos").set_input_files(str(stranger[0]))
-    page.get_by_test_id("enroll-largest").check()
+    page.get_by_test_id("enroll-main").check()
     page.get_by_test_id("enroll-submit").click()
     page.locator("[data-testid=enroll-item][data-state=ok]").wait_for(timeout=SLOW_MS)
     assert (
@@ -601,7 +601,7 @@ def test_hostile_names_are_shown_as_text_and_never_run(
     page.get_by_test_id("enroll-photos").set_input_files(str(stranger[0]))
 
     page.get_by_test_id("enroll-subject").fill(XSS_SUBJECT)
-    page.get_by_test_id("enroll-largest").check()
+    page.get_by_test_id("enroll-main").check()
     page.get_by_test_id("enroll-submit").click()
     page.locator("[data-testid=enroll-item][data-state=ok]").wait_for(timeout=SLOW_MS)
     status = page.get_by_test_id("enroll-item-status").first.text_content()

@@ -39,7 +39,7 @@ def enrolled(stack, admin_headers, lfw_people) -> list[list[Path]]:
             f"/v1/galleries/{GALLERY}/subjects/{subject}/faces",
             admin_headers,
             [("image", photos[0])],
-            face="largest",
+            face="main",
         )
         assert r.status_code == 201, r.text
         body = r.json()
@@ -63,8 +63,8 @@ def test_identify_top1_on_50_lfw_identities(stack, admin_headers, enrolled):
 def test_enrollment_is_idempotent(stack, admin_headers, enrolled):
     photos = enrolled[0]
     path = f"/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces"
-    first = _post(stack, path, admin_headers, [("image", photos[0])], face="largest").json()
-    again = _post(stack, path, admin_headers, [("image", photos[0])], face="largest").json()
+    first = _post(stack, path, admin_headers, [("image", photos[0])], face="main").json()
+    again = _post(stack, path, admin_headers, [("image", photos[0])], face="main").json()
     assert first["template_ids"] == again["template_ids"]
     subject = requests.get(f"{stack.url}{path[:-6]}", headers=admin_headers, timeout=30).json()
     assert len(subject["templates"]) == 1

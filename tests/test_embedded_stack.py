@@ -44,7 +44,7 @@ def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers,
             f"{embedded_stack.url}/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces",
             headers=admin_headers,
             files=[("image", photos[0].read_bytes())],
-            params={"face": "largest"},
+            params={"face": "main"},
             timeout=120,
         )
         assert r.status_code == 201, r.text
@@ -78,6 +78,20 @@ def test_bad_input_gets_documented_error(embedded_stack, admin_headers, lfw_peop
     assert r.json()["error"]["code"] == code
     assert "Traceback" not in r.text
     assert requests.get(f"{embedded_stack.url}/healthz", timeout=10).status_code == 200
+
+
+def test_an_unknown_face_choice_is_refused_and_enrolls_nothing(embedded_stack, admin_headers, lfw_people):
+    subjects = f"{embedded_stack.url}/v1/galleries/{GALLERY}/subjects"
+    r = requests.post(
+        f"{subjects}/face-choice/faces",
+        headers=admin_headers,
+        files=[("image", lfw_people[0][0].read_bytes())],
+        params={"face": "largest"},
+        timeout=60,
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
+    assert "main" in r.json()["error"]["message"]
+    assert requests.get(f"{subjects}/face-choice", headers=admin_headers, timeout=10).status_code == 404
 
 
 def test_missing_or_wrong_api_key_is_401(embedded_stack):

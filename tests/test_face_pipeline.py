@@ -196,15 +196,26 @@ def test_enrollment_selection(pipeline, abel):
     faces = pipeline.analyze(jpeg(two_people))
     assert len(faces) == 2
     with pytest.raises(MultipleFaces):
-        pipeline.select_for_enrollment(faces, largest=False)
-    assert pipeline.select_for_enrollment(faces, largest=True) is max(faces, key=lambda f: f.area)
-    assert pipeline.select_for_enrollment([abel], largest=False) is abel
+        pipeline.select_for_enrollment(faces, main=False)
+    assert pipeline.select_for_enrollment(faces, main=True) is faces[0]
+    assert pipeline.select_for_enrollment([abel], main=False) is abel
 
     with pytest.raises(NoFace):
         pipeline.select_for_enrollment(pipeline.analyze(jpeg(np.full((200, 200, 3), 128, np.uint8))), True)
     blurred = cv2.GaussianBlur(read(lfw_path("Abel_Pacheco", 1)), (0, 0), 8)
     with pytest.raises(PoorQuality, match="blurred"):
-        pipeline.select_for_enrollment(pipeline.analyze(jpeg(blurred)), largest=False)
+        pipeline.select_for_enrollment(pipeline.analyze(jpeg(blurred)), main=False)
+
+
+def test_the_main_face_is_the_centred_subject_not_a_larger_bystander(pipeline):
+    canvas = np.full((500, 1300, 3), 255, np.uint8)
+    canvas[50:450, :400] = cv2.resize(read(lfw_path("Amber_Tamblyn", 2)), (400, 400))  # at the edge
+    canvas[125:375, 525:775] = read(lfw_path("Abel_Pacheco", 1))  # 250x250, centred
+    faces = pipeline.analyze(jpeg(canvas))
+    assert len(faces) == 2
+    main, bystander = faces
+    assert bystander.area > 2 * main.area
+    assert 525 < main.box[0] < main.box[0] + main.box[2] < 775
 
 
 def test_invalid_upload_is_refused(pipeline):

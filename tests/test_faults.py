@@ -278,7 +278,7 @@ def enroll(f: Faults, gallery: str, subject: str, photo: Path) -> requests.Respo
         f"{f.url}/v1/galleries/{gallery}/subjects/{subject}/faces",
         headers=f.headers,
         files=[("image", photo.read_bytes())],
-        params={"face": "largest"},
+        params={"face": "main"},
         timeout=MAX_REQUEST_S + 30,
     )
 

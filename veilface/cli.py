@@ -307,13 +307,6 @@ def eval_group() -> None:
 @click.option("--processes", default=2, show_default=True, help="Worker processes (one thread each).")
 @click.option("--detector-size", type=int, default=None, help="SCRFD input side (production: 640).")
 @click.option("--pad", type=float, default=0.0, show_default=True, help="Border added before detection.")
-@click.option(
-    "--face",
-    type=click.Choice(["largest", "central"]),
-    default="largest",
-    show_default=True,
-    help="Face kept from an image with several (production: largest).",
-)
 @click.pass_obj
 def eval_pairs(
     settings: Settings,
@@ -325,7 +318,6 @@ def eval_pairs(
     processes: int,
     detector_size: int | None,
     pad: float,
-    face: str,
 ) -> None:
     """10-fold accuracy, TAR at FAR 1e-3 and 1e-4 and failures to detect on a pair list.
 
@@ -356,7 +348,6 @@ def eval_pairs(
         processes=processes,
         detector_size=detector_size,
         pad=pad,
-        face=face,
     )
     tar = ", ".join(f"TAR@FAR{far} {v['tar']:.4f}" for far, v in report["tar_at_far"].items())
     click.echo(

@@ -66,7 +66,7 @@ def main() -> None:
                 f"{stack.url}/v1/galleries/demo/subjects/{name}/faces",
                 headers=headers,
                 files=[("image", photos[0].read_bytes())],
-                params={"face": "largest"},
+                params={"face": "main"},
                 timeout=120,
             )
             enroll_ms.append((time.perf_counter() - start) * 1000)

@@ -46,7 +46,7 @@ class NoFace(VeilfaceError):
 
 
 class MultipleFaces(VeilfaceError):
-    """The image holds several faces; pass ?face=largest to enroll the largest."""
+    """The image holds several faces; pass ?face=main to enroll the main one."""
 
     code, status = "multiple_faces", 422
 

@@ -124,7 +124,7 @@ def enroll(
     subject_name: str,
     image_sha256: str,
     sealed_image: str,
-    largest: bool,
+    main_face: bool,
     model_version: str | None = None,
     projection: str | None = None,
 ) -> dict:
@@ -137,7 +137,7 @@ def enroll(
     model, pipeline = active.current()
     try:
         _check_model(model, model_version)
-        face = pipeline.select_for_enrollment(pipeline.analyze(_image(sealed_image)), largest=largest)
+        face = pipeline.select_for_enrollment(pipeline.analyze(_image(sealed_image)), main=main_face)
         version, vector = active.templated(face.embedding, projection)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
@@ -176,7 +176,8 @@ def probe(
     model_version: str | None = None,
     projection: str | None = None,
 ) -> list[dict] | dict:
-    """Every face of a query image, each encrypted as a probe unless it failed quality.
+    """Every face of a query image, the main face first, each encrypted as a probe unless it failed
+    quality.
 
     ``as_template`` encrypts in the template layout (slot 0) instead: the second photo
     of a 1:1 comparison. ``model_version`` is the gateway's active version, as for enroll;

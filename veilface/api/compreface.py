@@ -419,7 +419,7 @@ def add_example(gallery: str):
     threshold = _det_prob_threshold()
     image = _image()
     try:
-        template_id = _enroll(gallery, subject, image, largest=_enrollment_face(image, threshold))
+        template_id = _enroll(gallery, subject, image, main_face=_enrollment_face(image, threshold))
     except errors.VeilfaceError as exc:
         audit("enroll", gallery, subject, exc.code)
         raise
@@ -431,7 +431,7 @@ def add_example(gallery: str):
 
 
 def _enrollment_face(image: bytes, threshold: float | None) -> bool:
-    """Whether enrollment must pick the largest face (``det_prob_threshold`` ruled others out).
+    """Whether enrollment must pick the main face (``det_prob_threshold`` ruled the others out).
 
     Without a threshold the embedder itself refuses an image with several faces.
     """
@@ -441,19 +441,18 @@ def _enrollment_face(image: bytes, threshold: float | None) -> bool:
     kept = [f for f in faces if f.score >= threshold]
     if not kept:
         raise CompreFaceError(400, Code.NO_FACES_FOUND, NO_FACE_MESSAGE)
-    largest = max(faces, key=lambda f: f.box[2] * f.box[3])
-    if len(kept) > 1 or kept[0] is not largest:
+    if len(kept) > 1 or kept[0] is not faces[0]:  # the embedder lists the main face first
         raise CompreFaceError(400, Code.TOO_MANY_FACES, TOO_MANY_FACES_MESSAGE)
     return len(faces) > 1
 
 
-def _enroll(gallery: str, subject: str, image: bytes, *, largest: bool) -> int:
+def _enroll(gallery: str, subject: str, image: bytes, *, main_face: bool) -> int:
     """Enroll ``image`` for ``subject``; returns the template id.
 
     The embedder creates a new subject together with its first template, so a refused photo
     leaves no empty subject behind, as in CompreFace.
     """
-    return gateway().enroll(gallery, subject, [image], largest=largest)["template_ids"][0]
+    return gateway().enroll(gallery, subject, [image], main_face=main_face)["template_ids"][0]
 
 
 @blueprint.get("/recognition/faces", strict_slashes=False)
@@ -667,7 +666,7 @@ def delete_all_subjects(gallery: str):
 @blueprint.post("/verification/verify", strict_slashes=False)
 @service_key()
 def verify_images(gallery: str):
-    """The largest face of ``source_image`` against every face of ``target_image``."""
+    """The main face of ``source_image`` against every face of ``target_image``."""
     started = time.perf_counter()
     options = FaceOptions.from_request()
     source, target = _image("source_image"), _image("target_image")

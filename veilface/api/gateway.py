@@ -138,7 +138,7 @@ class Gateway:
 
     # -- enrollment -------------------------------------------------------------------
 
-    def enroll(self, gallery_name: str, subject_name: str, images: list[bytes], *, largest: bool) -> dict:
+    def enroll(self, gallery_name: str, subject_name: str, images: list[bytes], *, main_face: bool) -> dict:
         """Enroll every image for a subject (created on first use); all or nothing per image."""
         with self.session() as session:
             gallery = store.get_or_create_gallery(session, gallery_name)
@@ -152,7 +152,7 @@ class Gateway:
                         subject_name,
                         hashlib.sha256(img).hexdigest(),
                         self._sealed(img),
-                        largest,
+                        main_face,
                         self.registry.active().version,
                         projection,
                     ],
@@ -190,7 +190,7 @@ class Gateway:
     def probes(
         self, image: bytes, *, as_template: bool = False, projection: str | None = None
     ) -> list[Probe]:
-        """Detect every face of ``image`` and encrypt a probe for each usable one.
+        """Detect every face of ``image`` and encrypt a probe for each usable one, the main face first.
 
         ``as_template`` encrypts each face in the template layout instead (slot 0), for a
         1:1 comparison of two photos; ``projection`` is the searched gallery's
@@ -309,10 +309,10 @@ class Gateway:
         probes = self.probes(image, as_template=as_template, projection=projection)
         if not probes:
             raise errors.NoFace()
-        best = max(probes, key=lambda p: p.face.box[2] * p.face.box[3])
-        if best.ciphertext is None:
-            raise errors.PoorQuality(best.quality_reason)
-        return best
+        main = probes[0]  # the embedder lists the main face first
+        if main.ciphertext is None:
+            raise errors.PoorQuality(main.quality_reason)
+        return main
 
     def _decision(self, similarity: float, model_version: str) -> dict:
         cut = self.threshold(model_version)
@@ -355,7 +355,7 @@ class Gateway:
         return ranked[0][1]
 
     def compare(self, source: bytes, target: bytes) -> tuple[FaceBox, list[FaceScore]]:
-        """The largest face of ``source`` against every face of ``target``, under encryption."""
+        """The main face of ``source`` against every face of ``target``, under encryption."""
         first = self._single_probe(source)
         scored = []
         for face in self.probes(target, as_template=True):

@@ -107,7 +107,7 @@ def document() -> dict:
                     "parameters": [
                         GALLERY,
                         SUBJECT,
-                        _param("face", "query", {"type": "string", "enum": ["largest"]}),
+                        _param("face", "query", {"type": "string", "enum": ["main"]}),
                     ],
                     "requestBody": _multipart("image", array=True),
                     "responses": {

@@ -70,6 +70,14 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def face_choice() -> bool:
+    """Whether ``?face=main`` asks to enroll the main face of a photo with several (absent: refuse)."""
+    raw = request.args.get("face", "")
+    if raw not in ("", "main"):
+        raise errors.BadRequest(f"face must be 'main' or absent, got {raw!r}")
+    return raw == "main"
+
+
 def float_arg(name: str) -> float | None:
     raw = request.values.get(name)
     if raw is None or raw == "":
@@ -89,9 +97,9 @@ def enroll(gallery: str, subject: str):
     checked_gallery(gallery)
     checked_subject(subject)
     images = uploaded_images("image")
-    largest = request.args.get("face") == "largest"
+    main_face = face_choice()
     try:
-        body = gateway().enroll(gallery, subject, images, largest=largest)
+        body = gateway().enroll(gallery, subject, images, main_face=main_face)
     except errors.VeilfaceError as exc:
         audit("enroll", gallery, subject, exc.code)
         raise

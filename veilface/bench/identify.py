@@ -7,7 +7,7 @@ subject, so every template is searched), waits for compaction, then times ``--qu
 identify requests with held-back photos of enrolled people.
 
 With ``--plaintext`` the bench also runs the plaintext pipeline in its own process (the active model,
-the largest face of each photo, cosine similarity, no encryption) on the same gallery and queries, and
+the main face of each photo, cosine similarity, no encryption) on the same gallery and queries, and
 counts the queries whose HTTP top-1 differs from the plaintext top-1. Those plaintext embeddings only
 live in this process's memory. ``--queries 0`` searches one held-back photo of every LFW identity
 with two photos or more (1,559 in the shared LFW copy).
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from veilface.config import Settings, load_settings
 from veilface.demo import percentile
-from veilface.face.pipeline import FacePipeline, largest_face
+from veilface.face.pipeline import FacePipeline
 from veilface.registry import ModelRegistry
 from veilface.stack import Stack
 
@@ -42,12 +42,12 @@ def _photos(lfw: Path) -> list[list[Path]]:
 
 def plaintext_top1(settings: Settings, gallery: list[Path], probes: list[Path]) -> list[str | None]:
     """Top-1 subject (photo stem) of each probe by plaintext cosine similarity, as enrollment and
-    identify pick faces (the largest); ``None`` when the probe has no face."""
+    identify pick faces (the main face); ``None`` when the probe has no face."""
     pipeline = FacePipeline.from_model(settings, ModelRegistry(settings).active())
 
     def embed(photo: Path) -> np.ndarray | None:
         faces = pipeline.analyze(photo.read_bytes())
-        return largest_face(faces).embedding if faces else None
+        return faces[0].embedding if faces else None
 
     enrolled = [
         (photo.stem, e)
@@ -95,7 +95,7 @@ def main() -> None:
                 f"{stack.url}/v1/galleries/bench/subjects/{photo.stem}/faces",
                 headers=headers,
                 files=[("image", photo.read_bytes())],
-                params={"face": "largest"},
+                params={"face": "main"},
                 timeout=300,
             )
             return r.status_code

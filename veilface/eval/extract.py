@@ -4,8 +4,8 @@ Each worker holds one :class:`~veilface.face.pipeline.FacePipeline` built with
 :meth:`~veilface.face.pipeline.FacePipeline.from_model` for the first member, plus one extra
 :class:`~veilface.face.embed.Recognizer` per other network (model and flip option; members that differ
 only by a projection share one): an image is decoded, detected and aligned once, and every member
-embeds the same aligned face. The face kept is the largest, as the gateway picks
-for a 1:1 comparison (``face="central"`` measures insightface's rule instead). Embeddings stay in
+embeds the same aligned face. The face kept is the main face, the one the gateway compares 1:1 and
+enrolls with ``?face=main`` (:func:`~veilface.face.detect.by_prominence`). Embeddings stay in
 memory: they are returned to the parent process through a pipe and never written anywhere (plaintext
 embeddings are biometric data).
 
@@ -38,24 +38,9 @@ from veilface.face.detect import FaceDetector
 from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
 from veilface.face.models import get_spec
-from veilface.face.pipeline import Face, FacePipeline, largest_face
+from veilface.face.pipeline import FacePipeline
 from veilface.projection import split_version
 from veilface.registry import ModelRegistry
-
-
-def central_face(faces: Sequence[Face], shape: tuple[int, ...]) -> Face:
-    """insightface's choice: largest ``area - 2 * (squared distance of the box centre to the image's)``."""
-    height, width = shape[:2]
-
-    def value(face: Face) -> float:
-        x, y, w, h = face.box
-        return face.area - 2.0 * ((x + w / 2 - width / 2) ** 2 + (y + h / 2 - height / 2) ** 2)
-
-    return max(faces, key=value)
-
-
-#: How the face of an image with several is chosen.
-FACE_RULES = {"largest": lambda faces, shape: largest_face(faces), "central": central_face}
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +70,7 @@ class ImageResult:
     """What the pipeline found in one image.
 
     ``faces`` counts the detected faces (0: failure to detect, or ``error`` when the image could not be
-    decoded); the other fields describe the largest one. ``occlusion`` names the occluder drawn, if any.
+    decoded); the other fields describe the main one. ``occlusion`` names the occluder drawn, if any.
     """
 
     faces: int
@@ -100,7 +85,7 @@ class ImageResult:
         return self.faces > 0
 
     def embedding(self, variant: Variant) -> np.ndarray | None:
-        """The variant's unit embedding of the largest face, or ``None`` without a face."""
+        """The variant's unit embedding of the main face, or ``None`` without a face."""
         return variant.compose(self.embeddings) if self.found else None
 
 
@@ -118,15 +103,12 @@ class FaceExtractor:
         processes: int = 2,
         detector_size: int | None = None,
         pad: float = 0.0,
-        face: str = "largest",
     ):
         if not members:
             raise ValueError("at least one member is needed")
-        if face not in FACE_RULES:
-            raise ValueError(f"face must be one of {sorted(FACE_RULES)}, got {face!r}")
         self.members = tuple(members)
         self._processes = processes
-        self._init_args = (replace(settings, onnx_threads=1), self.members, detector_size, pad, face)
+        self._init_args = (replace(settings, onnx_threads=1), self.members, detector_size, pad)
         self._pool: Pool | None = None
 
     def __enter__(self) -> FaceExtractor:
@@ -158,7 +140,6 @@ class _Worker:
         members: tuple[Member, ...],
         detector_size: int | None,
         pad: float,
-        face: str,
     ):
         cv2.setNumThreads(1)
         registry = ModelRegistry(settings)
@@ -189,7 +170,6 @@ class _Worker:
             if (name := split_version(member.version)[1]) is not None
         }
         self.pad = pad
-        self.pick = FACE_RULES[face]
 
     def process(self, job: ImageJob) -> ImageResult:
         data = job.path.read_bytes()
@@ -210,7 +190,7 @@ class _Worker:
         faces = self.pipeline.analyze_image(img)
         if not faces:
             return ImageResult(faces=0, occlusion=kind)
-        face = self.pick(faces, img.shape)
+        face = faces[0]
         networks = {self.first: face.embedding}
         if self.others:
             crop = align_face(img, face.landmarks)

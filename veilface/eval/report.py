@@ -214,7 +214,7 @@ def _detection(report: dict) -> str:
         "Image set",
         "Images",
         "No face found",
-        "Several faces (largest kept)",
+        "Several faces (main face kept)",
         "Rejected by the quality gate",
     ]
     return "### Detection and quality gate\n\n" + _table(header, rows)

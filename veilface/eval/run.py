@@ -275,7 +275,7 @@ def run_benchmarks(
         "pipeline": {
             "detector": settings.detector,
             "flip_fusion_default": settings.flip_fusion,
-            "face": "largest",
+            "face": "main",
         },
         "occlusion": {"seed": seed, "kinds": list(KINDS)},
         "targets": {**TARGETS, "lfw_rank1": TARGET_RANK1},

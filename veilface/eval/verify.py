@@ -93,11 +93,10 @@ def evaluate_pair_file(
     processes: int = 2,
     detector_size: int | None = None,
     pad: float = 0.0,
-    face: str = "largest",
 ) -> dict:
     """Evaluate ``pairs`` with ``variant``; write ``out`` (JSON) and its ROC and histogram PNGs beside it."""
     with FaceExtractor(
-        settings, variant.members, processes=processes, detector_size=detector_size, pad=pad, face=face
+        settings, variant.members, processes=processes, detector_size=detector_size, pad=pad
     ) as extractor:
         images = embed_images(extractor, pairs.root, pairs.images, desc="images")
     first = [images[p].embedding(variant) for p in pairs.first]
@@ -112,7 +111,7 @@ def evaluate_pair_file(
         "variant": variant.name,
         "detector_size": detector_size,
         "pad": pad,
-        "face": face,
+        "face": "main",
         "folds_from_file": pairs.folds is not None,
         "detection": detection_report(list(images.values())),
         **outcome.report,

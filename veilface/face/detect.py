@@ -70,7 +70,8 @@ class FaceDetector:
         self.provider: str = self._session.get_providers()[0]
 
     def detect(self, img: np.ndarray) -> list[Detection]:
-        """Find the faces in a BGR uint8 image, best score first; coordinates refer to ``img``.
+        """Find the faces in a BGR uint8 image, the main face first (see :func:`by_prominence`);
+        coordinates refer to ``img``.
 
         Passes run until one finds a face whose shorter side is at least 30% of the image's: the image
         as is, then at half the input size, then padded by 30% on every side at half the input size.
@@ -88,9 +89,9 @@ class FaceDetector:
             boxes, scores, landmarks = self._detect_once(padded, size)
             found = _detections(boxes - pad, scores, landmarks - pad, width=width, height=height)
             if any(min(d.box[2], d.box[3]) >= subject_side for d in found):
-                return found
+                return by_prominence(found, width=width, height=height)
             first_found = first_found or found
-        return first_found
+        return by_prominence(first_found, width=width, height=height)
 
     def _detect_once(self, img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One pass: ``(boxes[n, 4] as x1 y1 x2 y2, scores[n], landmarks[n, 5, 2])`` after NMS."""
@@ -98,6 +99,21 @@ class FaceDetector:
         boxes, scores, landmarks = _decode(self._session.run(None, {self._input_name: blob}), size)
         keep = _nms(boxes, scores, self._score_threshold, self._nms_threshold)
         return boxes[keep] / scale, scores[keep], landmarks[keep] / scale
+
+
+def by_prominence(detections: list[Detection], *, width: int, height: int) -> list[Detection]:
+    """``detections`` ordered by prominence, the main face (the subject of the photo) first.
+
+    Prominence is insightface's rule for picking the face of a photo: the box's area minus twice the
+    squared distance of its centre to the image's centre. A bystander nearer the camera may have a
+    larger box than the person photographed, but seldom at the centre (``docs/face-pipeline.md``).
+    """
+
+    def prominence(detection: Detection) -> float:
+        x, y, w, h = detection.box
+        return detection.area - 2.0 * ((x + w / 2 - width / 2) ** 2 + (y + h / 2 - height / 2) ** 2)
+
+    return sorted(detections, key=prominence, reverse=True)
 
 
 def _detections(

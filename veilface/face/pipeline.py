@@ -39,11 +39,6 @@ class Face:
         return self.box[2] * self.box[3]
 
 
-def largest_face(faces: Sequence[Face]) -> Face:
-    """The face of largest box: the one enrolled with ``?face=largest`` and compared 1:1."""
-    return max(faces, key=lambda f: f.area)
-
-
 class FacePipeline:
     """Decode, detect, check quality, align and embed; holds one detector and one recogniser session."""
 
@@ -103,7 +98,8 @@ class FacePipeline:
         return {"detector": self.detector.provider, "recognizer": self.recognizer.provider}
 
     def analyze(self, data: bytes) -> list[Face]:
-        """Analyse every face of an uploaded image, best detection score first.
+        """Analyse every face of an uploaded image, the main face first (the one enrolled with
+        ``?face=main`` and compared 1:1; see :func:`~veilface.face.detect.by_prominence`).
 
         Raises :class:`~veilface.errors.InvalidImage` or :class:`~veilface.errors.ImageTooLarge` for an
         unusable upload; an image without faces gives an empty list.
@@ -126,20 +122,22 @@ class FacePipeline:
         ]
 
     @staticmethod
-    def select_for_enrollment(faces: Sequence[Face], largest: bool) -> Face:
-        """Pick the face to enroll: the only one, or the largest when ``largest`` is true.
+    def select_for_enrollment(faces: Sequence[Face], main: bool) -> Face:
+        """Pick the face to enroll from the result of :meth:`analyze`: the only one, or the main face
+        (the first) when ``main`` is true.
 
         Raises :class:`~veilface.errors.NoFace` when there is none, :class:`~veilface.errors.MultipleFaces`
-        when there are several and ``largest`` is false, :class:`~veilface.errors.PoorQuality` when the
+        when there are several and ``main`` is false, :class:`~veilface.errors.PoorQuality` when the
         chosen face failed the quality gate.
         """
         if not faces:
             raise NoFace()
-        if len(faces) > 1 and not largest:
+        if len(faces) > 1 and not main:
             raise MultipleFaces(
-                f"the image holds {len(faces)} faces; pass ?face=largest to enroll the largest one"
+                f"the image holds {len(faces)} faces; pass ?face=main to enroll the main one "
+                "(the largest near the centre)"
             )
-        face = largest_face(faces)
+        face = faces[0]
         if face.quality_reason:
             raise PoorQuality(face.quality_reason)
         return face

@@ -2,7 +2,7 @@
 
 A source folder holds one sub-folder per identity; every image below it (at any depth, e.g. CFP's
 ``001/frontal/01.jpg``) is a photo of that identity. :func:`build_lmdb` detects each photo's faces with
-the production detector, keeps the largest (as enrollment does), aligns it with the production aligner
+the production detector, keeps the main face (as enrollment does), aligns it with the production aligner
 and stores the crop as a JPEG together with its five landmarks. Photos without a detected face are
 listed in the database's info and left out.
 
@@ -32,8 +32,8 @@ from tqdm import tqdm
 from veilface.config import Settings
 from veilface.face import FaceDetector, align_face, decode_image
 
-#: Changes whenever the crops would: 2 is the least-squares alignment.
-FORMAT = "veilface-faces/2"
+#: Changes whenever the crops would: 2 is the least-squares alignment, 3 the main-face rule.
+FORMAT = "veilface-faces/3"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Largest database the writer may grow to; LMDB files are sparse, so this costs nothing until used.
 _MAP_SIZE = 1 << 40
@@ -131,14 +131,14 @@ def _init_worker(detector_path: Path) -> None:
 
 
 def _align_one(job: tuple[str, Path, int]) -> tuple[bytes, np.ndarray] | None:
-    """Detect, keep the largest face, align; ``(jpeg bytes, landmarks)`` or ``None`` without a face."""
+    """Detect, keep the main face, align; ``(jpeg bytes, landmarks)`` or ``None`` without a face."""
     _, path, max_pixels = job
     assert _detector is not None, "worker not initialised"
     img = decode_image(path.read_bytes(), max_pixels=max_pixels)
     detections = _detector.detect(img)
     if not detections:
         return None
-    face = max(detections, key=lambda d: d.area)
+    face = detections[0]
     ok, jpeg = cv2.imencode(
         ".jpg", align_face(img, face.landmarks), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
     )

@@ -129,7 +129,7 @@
 
   const FRIENDLY = {
     no_face: "No face found in this photo.",
-    multiple_faces: "Several faces in this photo: tick “enroll the largest one” or crop the photo.",
+    multiple_faces: "Several faces in this photo: tick “enroll the main one” or crop the photo.",
     poor_quality: "The face is too small or too blurred to be used.",
     invalid_image: "This file is not a readable image (JPEG, PNG, WebP, GIF, BMP or TIFF).",
     image_too_large: "This image is too large.",
@@ -454,7 +454,7 @@
     const gallery = byTestId("enroll-gallery");
     const subject = byTestId("enroll-subject");
     const photos = byTestId("enroll-photos");
-    const largest = byTestId("enroll-largest");
+    const mainFace = byTestId("enroll-main");
     const submit = byTestId("enroll-submit");
     const error = byTestId("enroll-error");
     const list = byTestId("enroll-result");
@@ -548,7 +548,7 @@
           try {
             const result = await api("POST", paths.faces(g, s), {
               form: imageForm([["image", item.file]]),
-              query: { face: largest.checked ? "largest" : "" },
+              query: { face: mainFace.checked ? "main" : "" },
             });
             const face = result.faces[0];
             item.doneFor = target;
