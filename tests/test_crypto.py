@@ -45,7 +45,7 @@ def test_key_files_and_fingerprints(keys, ctx, secret):
     assert stat.S_IMODE((key_dir / "secret.ctx").stat().st_mode) == 0o600
     assert ctx.fingerprint == fingerprint == secret.fingerprint
     secret.check_fingerprint(ctx.fingerprint)
-    assert ctx.params.galois_steps == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert ctx.params.galois_steps == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 def test_public_context_cannot_decrypt(keys, ctx):

@@ -25,7 +25,7 @@ from veilface.eval.extract import FaceExtractor, ImageJob, OcclusionSpec
 from veilface.eval.identification import open_set_identification
 from veilface.eval.occlusion import KINDS, Occluder, landmarks_from_geometry
 from veilface.eval.protocols import PairList, read_pair_file, read_pairs
-from veilface.eval.variants import Member, Variant
+from veilface.eval.variants import Member, Variant, all_members
 from veilface.eval.verification import (
     NO_FACE_SCORE,
     best_threshold,
@@ -256,16 +256,31 @@ def lfw40() -> PairList:
     return pairs.select(keep)
 
 
+XS, XXS, ENSEMBLE = (Variant.parse(v) for v in ("edgeface_xs", "edgeface_xxs", "edgeface_xs_xxs"))
+
+
 @pytest.fixture(scope="module")
-def lfw40_embeddings(lfw40):
-    variant = Variant.parse("edgeface_xs")
+def lfw40_results(lfw40):
+    """Every image of ``lfw40`` embedded by both built-in networks and by the ensemble version."""
     root = lfw40.root
     first = lfw40.first[0]
-    with FaceExtractor(SETTINGS, variant.members, processes=2) as extractor:
+    with FaceExtractor(SETTINGS, all_members([XS, XXS, ENSEMBLE]), processes=2) as extractor:
         results = extractor.run([ImageJob(root / p) for p in lfw40.images])
         occluded = extractor.run([ImageJob(root / first, OcclusionSpec(0, KINDS, "k", None))] * 2)
-    by_path = {p: r.embedding(variant) for p, r in zip(lfw40.images, results, strict=True)}
-    return [by_path[p] for p in lfw40.first], [by_path[p] for p in lfw40.second], occluded
+    return dict(zip(lfw40.images, results, strict=True)), occluded
+
+
+def pair_embeddings(lfw40, results, variant: Variant) -> tuple[list, list]:
+    """The variant's embeddings of the first and of the second image of each pair."""
+    return [results[p].embedding(variant) for p in lfw40.first], [
+        results[p].embedding(variant) for p in lfw40.second
+    ]
+
+
+@pytest.fixture(scope="module")
+def lfw40_embeddings(lfw40, lfw40_results):
+    results, occluded = lfw40_results
+    return *pair_embeddings(lfw40, results, XS), occluded
 
 
 @needs_data
@@ -284,11 +299,21 @@ def test_real_pairs_through_the_pipeline(lfw40, lfw40_embeddings):
 
 
 @needs_data
-def test_encrypted_scores_agree_with_plaintext(lfw40, lfw40_embeddings):
-    first, second, _ = lfw40_embeddings
+def test_the_ensemble_version_is_its_members_joined(lfw40_results):
+    results, _ = lfw40_results
+    for result in results.values():
+        joined = np.concatenate([result.embedding(XS), result.embedding(XXS)]) / np.sqrt(2)
+        np.testing.assert_allclose(result.embedding(ENSEMBLE), joined, atol=1e-6)
+
+
+@needs_data
+@pytest.mark.parametrize(("variant", "dim"), [(XS, 512), (ENSEMBLE, 1024)], ids=["512-D", "1024-D ensemble"])
+def test_encrypted_scores_agree_with_plaintext(lfw40, lfw40_results, variant, dim):
+    first, second = pair_embeddings(lfw40, lfw40_results[0], variant)
+    assert first[0].shape == (dim,)
     picked = [0, 1, 2, 20, 21, 22]  # three mated, three non-mated
     plain = cosine_scores([first[k] for k in picked], [second[k] for k in picked])
-    with EncryptedPairScorer(512, processes=1) as scorer:
+    with EncryptedPairScorer(dim, processes=1) as scorer:
         encrypted = scorer.score([(first[k], second[k]) for k in picked])
     assert np.max(np.abs(encrypted - plain)) < 1e-4
     threshold = best_threshold(plain, lfw40.labels[picked])[0]

@@ -18,6 +18,7 @@ from veilface.face import (
     get_spec,
 )
 from veilface.face.align import ARCFACE_TEMPLATE, similarity_transform
+from veilface.registry import ModelRegistry
 
 SETTINGS = load_settings()
 LFW = SETTINGS.data_dir / "lfw" / "images"
@@ -163,6 +164,17 @@ def test_every_builtin_recognizer_embeds_a_batch(name, flip, abel):
     np.testing.assert_allclose(embeddings[0], embeddings[2], atol=1e-5)
     if flip:  # the fused embedding of a face and of its mirror image is the same
         np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-5)
+
+
+def test_the_ensemble_version_joins_its_members_on_the_same_crop(pipeline, abel):
+    ensemble = FacePipeline.from_model(SETTINGS, ModelRegistry(SETTINGS).get("edgeface_xs_xxs"))
+    assert ensemble.model_name == "edgeface_xs_xxs" and ensemble.dim == 1024
+    (face,) = ensemble.analyze(lfw_path("Abel_Pacheco", 1).read_bytes())
+    xxs = Recognizer(get_spec("edgeface_xxs"), SETTINGS.shared_models_dir / "edgeface_xxs.onnx")
+    crop = align_face(read(lfw_path("Abel_Pacheco", 1)), abel.landmarks)
+    expected = np.concatenate([abel.embedding, xxs.embed([crop])[0]]) / np.sqrt(2)
+    np.testing.assert_allclose(face.embedding, expected, atol=1e-5)
+    assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_unknown_recognizer_is_named():

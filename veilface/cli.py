@@ -239,7 +239,8 @@ def models_list(settings: Settings) -> None:
     active = registry.active().version
     for model in registry.versions():
         mark = "*" if model.version == active else " "
-        click.echo(f"{mark} {model.version}\tdim={model.dim}\tthreshold={model.threshold}\t{model.file}")
+        source = " + ".join(model.members) if model.members else model.file
+        click.echo(f"{mark} {model.version}\tdim={model.dim}\tthreshold={model.threshold}\t{source}")
 
 
 @models.command("activate")

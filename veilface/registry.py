@@ -1,7 +1,8 @@
 """The versioned model registry the embedder loads from and the gateway reads thresholds from.
 
 A model version names an ONNX recogniser, its input spec, its embedding dimension and
-the decision threshold calibrated for it. The built-in versions are the pretrained
+the decision threshold calibrated for it; an ensemble version names the versions whose
+embeddings it joins instead. The built-in versions are the pretrained
 recognisers under ``{shared_dir}/models``; trained models are registered into
 ``{model_dir}/registry.json`` by the trainer, which also says which version is active.
 """
@@ -21,12 +22,26 @@ from veilface.projection import Projection, split_version
 #: Cosine-similarity thresholds at FMR 1e-4 with flip fusion (the default), calibrated by ``make eval``
 #: on development impostor pairs (CFP identities 001-250, never the evaluation pairs) and rounded up:
 #: see docs/accuracy.md.
-BUILTIN_THRESHOLDS = {"edgeface_xs": 0.3356, "edgeface_xxs": 0.3590, "mobilefacenet": 0.6663}
+BUILTIN_THRESHOLDS = {
+    "edgeface_xs": 0.3356,
+    "edgeface_xxs": 0.3590,
+    "mobilefacenet": 0.6663,
+    "edgeface_xs_xxs": 0.3315,
+}
+#: Built-in ensembles: both networks embed the same aligned face and the template joins their
+#: embeddings (:func:`veilface.face.embed.join_embeddings`).
+BUILTIN_ENSEMBLES = {"edgeface_xs_xxs": ("edgeface_xs", "edgeface_xxs")}
+#: ``ModelVersion.spec`` of an ensemble, which has no network and no file of its own.
+ENSEMBLE_SPEC = "ensemble"
 
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered recogniser: what the embedder loads and what the gateway decides with."""
+    """One registered recogniser: what the embedder loads and what the gateway decides with.
+
+    An ensemble has ``spec`` :data:`ENSEMBLE_SPEC`, no ``file``, and ``members``: the versions
+    whose embeddings it joins, in order.
+    """
 
     version: str
     spec: str
@@ -35,6 +50,10 @@ class ModelVersion:
     threshold: float
     metrics: dict = field(default_factory=dict)
     data_digest: str | None = None
+    members: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(self.members))  # a JSON list once read back
 
     @property
     def path(self) -> Path:
@@ -66,6 +85,16 @@ class ModelRegistry:
 
         if name not in BUILTIN_THRESHOLDS:
             return None
+        if name in BUILTIN_ENSEMBLES:
+            members = BUILTIN_ENSEMBLES[name]
+            return ModelVersion(
+                version=name,
+                spec=ENSEMBLE_SPEC,
+                file="",
+                dim=sum(get_spec(member).dim for member in members),
+                threshold=BUILTIN_THRESHOLDS[name],
+                members=members,
+            )
         spec = get_spec(name)
         return ModelVersion(
             version=name,

@@ -26,7 +26,7 @@ class CkksParams:
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
     scale_bits: int = 40
-    max_dim: int = 512
+    max_dim: int = 1024
 
     def __post_init__(self) -> None:
         limit = HE_STANDARD_128_BIT_MAX.get(self.poly_modulus_degree)

@@ -1,13 +1,14 @@
 """Embeddings of evaluation images through the production face path, computed in worker processes.
 
 Each worker holds one :class:`~veilface.face.pipeline.FacePipeline` built with
-:meth:`~veilface.face.pipeline.FacePipeline.from_model` for the first member, plus one extra
+:meth:`~veilface.face.pipeline.FacePipeline.from_model` for the first network, plus one extra
 :class:`~veilface.face.embed.Recognizer` per other network (model and flip option; members that differ
-only by a projection share one): an image is decoded, detected and aligned once, and every member
-embeds the same aligned face. The face kept is the main face, the one the gateway compares 1:1 and
-enrolls with ``?face=main`` (:func:`~veilface.face.detect.by_prominence`). Embeddings stay in
-memory: they are returned to the parent process through a pipe and never written anywhere (plaintext
-embeddings are biometric data).
+only by a projection share one, and an ensemble version such as ``edgeface_xs_xxs`` runs its members'
+networks and joins them as the embedder does): an image is decoded, detected and aligned once, and
+every network embeds the same aligned face. The face kept is the main face, the one the gateway
+compares 1:1 and enrolls with ``?face=main`` (:func:`~veilface.face.detect.by_prominence`).
+Embeddings stay in memory: they are returned to the parent process through a pipe and never written
+anywhere (plaintext embeddings are biometric data).
 
 A member version ``<model>:<projection>`` (compact templates) embeds with ``<model>`` and applies the
 registry's fitted projection, as the embedder does for a gallery with a projection.
@@ -35,7 +36,7 @@ from veilface.eval.occlusion import Occluder
 from veilface.eval.variants import Member, Variant
 from veilface.face.align import align_face
 from veilface.face.detect import FaceDetector
-from veilface.face.embed import Recognizer
+from veilface.face.embed import Recognizer, join_embeddings
 from veilface.face.image import decode_image
 from veilface.face.models import get_spec
 from veilface.face.pipeline import FacePipeline
@@ -143,9 +144,12 @@ class _Worker:
     ):
         cv2.setNumThreads(1)
         registry = ModelRegistry(settings)
-        first = members[0]
+        # One network run per (model, flip): members that differ only by a projection, and ensembles
+        # sharing a recogniser with another member, share its run.
+        self.networks_of = {member: _networks(registry, member) for member in members}
+        first, *others = dict.fromkeys(n for networks in self.networks_of.values() for n in networks)
         self.pipeline = FacePipeline.from_model(
-            replace(settings, flip_fusion=first.flip), registry.get(split_version(first.version)[0])
+            replace(settings, flip_fusion=first.flip), registry.get(first.version)
         )
         if detector_size is not None:
             detector = FaceDetector(
@@ -154,15 +158,13 @@ class _Worker:
             self.pipeline = FacePipeline(
                 detector, self.pipeline.recognizer, max_image_pixels=settings.max_image_pixels
             )
-        # One network run per (model, flip): members that differ only by a projection share it.
-        self.first = _network(first)
+        self.first = first
         self.others = {}
-        for network in dict.fromkeys(_network(member) for member in members):
-            if network != self.first:
-                model = registry.get(network.version)
-                self.others[network] = Recognizer(
-                    get_spec(model.spec), model.path, threads=1, flip_fusion=network.flip
-                )
+        for network in others:
+            model = registry.get(network.version)
+            self.others[network] = Recognizer(
+                get_spec(model.spec), model.path, threads=1, flip_fusion=network.flip
+            )
         self.members = members
         self.projections = {
             member: registry.projection(name)
@@ -197,7 +199,7 @@ class _Worker:
             networks.update({network: rec.embed([crop])[0] for network, rec in self.others.items()})
         embeddings = {}
         for member in self.members:
-            embedding = networks[_network(member)]
+            embedding = join_embeddings([networks[network] for network in self.networks_of[member]])
             projection = self.projections.get(member)
             embeddings[member] = embedding if projection is None else projection.apply(embedding)
         return ImageResult(
@@ -209,9 +211,14 @@ class _Worker:
         )
 
 
-def _network(member: Member) -> Member:
-    """The network run a member needs: its base model version (projection left out), its flip option."""
-    return Member(split_version(member.version)[0], member.flip)
+def _networks(registry: ModelRegistry, member: Member) -> tuple[Member, ...]:
+    """The network runs a member needs, each a model version with the member's flip option.
+
+    The projection of a compact version is left out (it applies to the joined embedding); an ensemble
+    needs a run of each of its members.
+    """
+    model = registry.get(split_version(member.version)[0])
+    return tuple(Member(version, member.flip) for version in model.members or (model.version,))
 
 
 _worker: _Worker | None = None

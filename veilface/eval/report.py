@@ -153,20 +153,23 @@ def _encrypted(report: dict) -> str:
     if not report["encrypted"]:
         return ""
     rows = []
-    for protocol, r in report["encrypted"].items():
-        at = ", ".join(f"{v} at {k}" for k, v in r["decision_disagreements_at_threshold"].items())
-        rows.append(
-            [
-                NAMES[protocol],
-                str(r["pairs_scored"]),
-                str(r["decision_disagreements_protocol"]),
-                at,
-                f"{r['max_abs_difference']:.2e}",
-                _pct(r["accuracy_encrypted"], 3),
-                _pct(r["accuracy_plaintext"], 3),
-            ]
-        )
+    for variant, protocols in report["encrypted"].items():
+        for protocol, r in protocols.items():
+            at = ", ".join(f"{v} at {k}" for k, v in r["decision_disagreements_at_threshold"].items())
+            rows.append(
+                [
+                    f"`{variant}`",
+                    NAMES[protocol],
+                    str(r["pairs_scored"]),
+                    str(r["decision_disagreements_protocol"]),
+                    at,
+                    f"{r['max_abs_difference']:.2e}",
+                    _pct(r["accuracy_encrypted"], 3),
+                    _pct(r["accuracy_plaintext"], 3),
+                ]
+            )
     header = [
+        "Variant",
         "Benchmark",
         "Pairs scored",
         "Disagreements (fold thresholds)",
@@ -175,7 +178,7 @@ def _encrypted(report: dict) -> str:
         "Accuracy encrypted",
         "Accuracy plaintext",
     ]
-    return f"### Encrypted vs plaintext (`{report['primary']}`)\n\n" + _table(header, rows)
+    return "### Encrypted vs plaintext\n\n" + _table(header, rows)
 
 
 def _occluders(report: dict) -> str:

@@ -2,10 +2,10 @@
 
 A variant is written ``member[+member...]`` where a member is a model version of the registry
 (``edgeface_xs``, a trained version, ``edgeface_xs:pca128`` for compact templates...) optionally
-followed by ``@flip`` or ``@noflip`` (default: the ``flip_fusion`` setting). An ensemble concatenates
-its members' unit embeddings and divides by the square root of their number: the result is a unit
-vector whose cosine similarity is the mean of the members' cosines. Every member is computed once per
-face however many variants use it.
+followed by ``@flip`` or ``@noflip`` (default: the ``flip_fusion`` setting). An ensemble joins its
+members' unit embeddings as the embedder joins those of an ensemble model version
+(:func:`~veilface.face.embed.join_embeddings`): the cosine similarity of two joined embeddings is the
+mean of the members' cosines. Every member is computed once per face however many variants use it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from veilface.face.embed import join_embeddings
 
 
 @dataclass(frozen=True, order=True)
@@ -48,10 +50,7 @@ class Variant:
 
     def compose(self, embeddings: Mapping[Member, np.ndarray]) -> np.ndarray:
         """This variant's unit embedding from its members' unit embeddings."""
-        if len(self.members) == 1:
-            return embeddings[self.members[0]]
-        joined = np.concatenate([embeddings[member] for member in self.members])
-        return (joined / np.sqrt(len(self.members))).astype(np.float32)
+        return join_embeddings([embeddings[member] for member in self.members])
 
 
 def all_members(variants: list[Variant]) -> list[Member]:

@@ -1,4 +1,8 @@
-"""Face recognisers on ONNX Runtime: aligned 112x112 crops in, L2-normalised embeddings out."""
+"""Face recognisers on ONNX Runtime: aligned 112x112 crops in, L2-normalised embeddings out.
+
+An ensemble runs several recognisers on the same crops and joins their embeddings
+(:func:`join_embeddings`) into one template.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,11 @@ class Recognizer:
         self.provider: str = self._session.get_providers()[0]
 
     @property
+    def name(self) -> str:
+        """The recogniser's name, e.g. ``edgeface_xs``."""
+        return self.spec.name
+
+    @property
     def dim(self) -> int:
         """Length of one embedding."""
         return self.spec.dim
@@ -70,3 +79,35 @@ class Recognizer:
             for i in range(0, len(batch), step)
         ]
         return np.concatenate(outputs).astype(np.float32)
+
+
+def join_embeddings(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """One unit embedding from the unit embeddings of several recognisers (rows of the last axis).
+
+    They are concatenated and divided by the square root of their number: the cosine similarity of
+    two joined embeddings is the mean of the recognisers' cosine similarities. A single part is
+    returned as it is.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    return (np.concatenate(parts, axis=-1) / np.sqrt(len(parts))).astype(np.float32)
+
+
+class EnsembleRecognizer:
+    """Several recognisers as one: each embeds the same aligned crops, :func:`join_embeddings` joins them."""
+
+    def __init__(self, name: str, members: Sequence[Recognizer]):
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two recognisers")
+        self.name = name
+        self.members = tuple(members)
+        self.provider: str = members[0].provider
+
+    @property
+    def dim(self) -> int:
+        """Length of one joined embedding: the sum of the members' lengths."""
+        return sum(member.dim for member in self.members)
+
+    def embed(self, aligned: list[np.ndarray]) -> np.ndarray:
+        """Like :meth:`Recognizer.embed`: a float32 ``(len(aligned), dim)`` array of unit rows."""
+        return join_embeddings([member.embed(aligned) for member in self.members])

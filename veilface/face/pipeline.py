@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -12,11 +11,11 @@ from veilface.config import Settings
 from veilface.errors import MultipleFaces, NoFace, PoorQuality
 from veilface.face.align import align_face
 from veilface.face.detect import FaceDetector
-from veilface.face.embed import Recognizer
+from veilface.face.embed import EnsembleRecognizer, Recognizer
 from veilface.face.image import decode_image
-from veilface.face.models import RecognizerSpec, get_spec
+from veilface.face.models import get_spec
 from veilface.face.quality import assess
-from veilface.registry import ModelVersion
+from veilface.registry import ModelRegistry, ModelVersion
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,52 +39,60 @@ class Face:
 
 
 class FacePipeline:
-    """Decode, detect, check quality, align and embed; holds one detector and one recogniser session."""
+    """Decode, detect, check quality, align and embed; holds one detector and one recogniser (or ensemble)."""
 
-    def __init__(self, detector: FaceDetector, recognizer: Recognizer, *, max_image_pixels: int):
+    def __init__(
+        self,
+        detector: FaceDetector,
+        recognizer: Recognizer | EnsembleRecognizer,
+        *,
+        max_image_pixels: int,
+    ):
         self.detector = detector
         self.recognizer = recognizer
         self.max_image_pixels = max_image_pixels
 
     @classmethod
     def from_settings(cls, settings: Settings, *, providers: Sequence[str] | None = None) -> FacePipeline:
-        """Build the pipeline named by ``settings`` from the model files in ``settings.shared_models_dir``."""
-        model_path = settings.shared_models_dir / f"{settings.recognizer}.onnx"
-        return cls._build(settings, get_spec(settings.recognizer), model_path, providers)
+        """Build the pipeline of the model version ``settings.recognizer`` names."""
+        return cls.from_model(settings, ModelRegistry(settings).get(settings.recognizer), providers=providers)
 
     @classmethod
     def from_model(
         cls, settings: Settings, model: ModelVersion, *, providers: Sequence[str] | None = None
     ) -> FacePipeline:
-        """Build the pipeline for a registered model version (its ONNX file and input spec)."""
-        return cls._build(settings, get_spec(model.spec), model.path, providers)
+        """Build the pipeline for a registered model version (its ONNX file and input spec).
 
-    @classmethod
-    def _build(
-        cls,
-        settings: Settings,
-        spec: RecognizerSpec,
-        model_path: Path,
-        providers: Sequence[str] | None,
-    ) -> FacePipeline:
+        An ensemble version gets one recogniser per member version, joined by
+        :class:`~veilface.face.embed.EnsembleRecognizer`.
+        """
         detector = FaceDetector(
             settings.shared_models_dir / f"{settings.detector}.onnx",
             threads=settings.onnx_threads,
             providers=providers,
         )
-        recognizer = Recognizer(
-            spec,
-            model_path,
-            threads=settings.onnx_threads,
-            flip_fusion=settings.flip_fusion,
-            providers=providers,
-        )
-        return cls(detector, recognizer, max_image_pixels=settings.max_image_pixels)
+
+        def recognizer(version: ModelVersion) -> Recognizer:
+            return Recognizer(
+                get_spec(version.spec),
+                version.path,
+                threads=settings.onnx_threads,
+                flip_fusion=settings.flip_fusion,
+                providers=providers,
+            )
+
+        if model.members:
+            registry = ModelRegistry(settings)
+            members = [recognizer(registry.get(member)) for member in model.members]
+            embedder: Recognizer | EnsembleRecognizer = EnsembleRecognizer(model.version, members)
+        else:
+            embedder = recognizer(model)
+        return cls(detector, embedder, max_image_pixels=settings.max_image_pixels)
 
     @property
     def model_name(self) -> str:
         """Name of the recogniser, e.g. ``edgeface_xs``: embeddings of different models never compare."""
-        return self.recognizer.spec.name
+        return self.recognizer.name
 
     @property
     def dim(self) -> int:
