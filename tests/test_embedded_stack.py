@@ -5,13 +5,20 @@ documented bad input answered with its status and error code while the service k
 from __future__ import annotations
 
 import io
+import sqlite3
 import struct
+import time
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
+
+from tests.conftest import _run_stack, _stack_env
+from veilface.stack import Stack
 
 GALLERY = "embedded"
 
@@ -57,6 +64,52 @@ def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers,
     )
     assert r.status_code == 200, r.text
     assert r.json()["faces"][0]["match"] == target[0].parent.name
+
+
+@pytest.fixture(scope="module")
+def ensemble_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
+    """The embedded stack serving the ensemble version: 1024-D templates, compaction after 4."""
+    var_dir = tmp_path_factory.mktemp("var-ensemble")
+    env = _stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs")
+    env["VEILFACE_COMPACTION_THRESHOLD"] = "4"
+    yield from _run_stack(env, var_dir)
+
+
+def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
+    admin_headers = {"X-API-Key": ensemble_stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
+    people = lfw_people[100:106]
+    subjects = f"{ensemble_stack.url}/v1/galleries/{GALLERY}/subjects"
+    for photos in people:
+        r = requests.post(
+            f"{subjects}/{photos[0].parent.name}/faces",
+            headers=admin_headers,
+            files=[("image", photos[0].read_bytes())],
+            params={"face": "main"},
+            timeout=120,
+        )
+        assert r.status_code == 201, r.text
+    listing = requests.get(subjects, headers=admin_headers, timeout=10).json()
+    assert listing["active_model_version"] == "edgeface_xs_xxs"
+    assert all(s["model_versions"] == {"edgeface_xs_xxs": 1} for s in listing["subjects"])
+    # The delta passed the compaction threshold: a packed block of 1024 diagonals is searched too.
+    database = ensemble_stack.env["VEILFACE_VAR_DIR"] + "/veilface.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with sqlite3.connect(database) as db:
+            states = dict(db.execute("SELECT state, COUNT(*) FROM templates GROUP BY state").fetchall())
+        if states.get("packed", 0) >= 4:
+            break
+        time.sleep(1)
+    assert states.get("packed", 0) >= 4 and sum(states.values()) == len(people), states
+    for photos in people:
+        r = requests.post(
+            f"{ensemble_stack.url}/v1/galleries/{GALLERY}/identify",
+            headers=admin_headers,
+            files=[("image", photos[1].read_bytes())],
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["faces"][0]["match"] == photos[0].parent.name
 
 
 BAD_INPUTS = [
