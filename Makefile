@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 VEILFACE := $(VENV)/bin/veilface
 DATA ?=
 N ?= 65536
-DIM ?= 512
+DIM ?= 1024
 CONFIG ?= services/trainer/configs/cfp_finetune.toml
 
 .PHONY: venv install install-train demo run test lint bench-he bench-embedder bench-identify eval train compose-config clean

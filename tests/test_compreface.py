@@ -581,7 +581,7 @@ def test_sdk_verifies_and_detects(sdk_run):
     assert same["similarity"] > other["similarity"]
     pair_same = max(m["similarity"] for m in sdk_run["pair_same"]["result"][0]["face_matches"])
     pair_other = max(m["similarity"] for m in sdk_run["pair_other"]["result"][0]["face_matches"])
-    threshold = compreface.compreface_similarity(BUILTIN_THRESHOLDS["edgeface_xs"])
+    threshold = compreface.compreface_similarity(BUILTIN_THRESHOLDS[load_settings().recognizer])
     assert pair_same > pair_other and pair_other < threshold
     assert sdk_run["detect"]["result"] and "plugins_versions" in sdk_run["detect"]
     assert sdk_run["no_face"] == {"message": "No face is found in the given image", "code": 28}

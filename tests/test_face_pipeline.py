@@ -54,7 +54,7 @@ def abel(pipeline) -> Face:
 
 def test_properties(pipeline):
     assert pipeline.model_name == SETTINGS.recognizer
-    assert pipeline.dim == get_spec(SETTINGS.recognizer).dim
+    assert pipeline.dim == ModelRegistry(SETTINGS).get(SETTINGS.recognizer).dim
     assert set(pipeline.providers) == {"detector", "recognizer"}
     assert all(p.endswith("ExecutionProvider") for p in pipeline.providers.values())
 
@@ -166,13 +166,17 @@ def test_every_builtin_recognizer_embeds_a_batch(name, flip, abel):
         np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-5)
 
 
-def test_the_ensemble_version_joins_its_members_on_the_same_crop(pipeline, abel):
-    ensemble = FacePipeline.from_model(SETTINGS, ModelRegistry(SETTINGS).get("edgeface_xs_xxs"))
+def test_the_ensemble_version_joins_its_members_on_the_same_crop(abel):
+    registry = ModelRegistry(SETTINGS)
+    ensemble = FacePipeline.from_model(SETTINGS, registry.get("edgeface_xs_xxs"))
     assert ensemble.model_name == "edgeface_xs_xxs" and ensemble.dim == 1024
     (face,) = ensemble.analyze(lfw_path("Abel_Pacheco", 1).read_bytes())
-    xxs = Recognizer(get_spec("edgeface_xxs"), SETTINGS.shared_models_dir / "edgeface_xxs.onnx")
     crop = align_face(read(lfw_path("Abel_Pacheco", 1)), abel.landmarks)
-    expected = np.concatenate([abel.embedding, xxs.embed([crop])[0]]) / np.sqrt(2)
+    parts = [
+        FacePipeline.from_model(SETTINGS, registry.get(name)).recognizer.embed([crop])[0]
+        for name in ("edgeface_xs", "edgeface_xxs")
+    ]
+    expected = np.concatenate(parts) / np.sqrt(2)
     np.testing.assert_allclose(face.embedding, expected, atol=1e-5)
     assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
 

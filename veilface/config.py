@@ -39,8 +39,10 @@ class Settings:
     key_dir: Path | None = None
     #: Folder of the versioned model registry (``registry.json`` plus ONNX files).
     model_dir: Path | None = None
-    #: Recogniser used when the registry names none: a file under ``{shared_dir}/models``.
-    recognizer: str = "edgeface_xs"
+    #: Model version used when the registry names none: a built-in one (``edgeface_xs_xxs``, the
+    #: ensemble of EdgeFace-XS and -XXS, 1024-D; ``edgeface_xs``, ``edgeface_xxs``, ``mobilefacenet``)
+    #: or one registered by the trainer.
+    recognizer: str = "edgeface_xs_xxs"
     #: Face detector file under ``{shared_dir}/models``.
     detector: str = "scrfd_2.5g_bnkps"
     #: Average the embedding of the face and of its mirror image.

@@ -26,7 +26,7 @@ BUILTIN_THRESHOLDS = {
     "edgeface_xs": 0.3356,
     "edgeface_xxs": 0.3590,
     "mobilefacenet": 0.6663,
-    "edgeface_xs_xxs": 0.3315,
+    "edgeface_xs_xxs": 0.3316,
 }
 #: Built-in ensembles: both networks embed the same aligned face and the template joins their
 #: embeddings (:func:`veilface.face.embed.join_embeddings`).

@@ -107,7 +107,8 @@ def _image(sealed: str) -> bytes:
 
 
 def _check_model(model: ModelVersion, expected: str | None) -> None:
-    """Refuse a task for another model version than this embedder's (its registry differs)."""
+    """Refuse a task for another model version than this embedder's (its registry differs), or for
+    a model whose templates are longer than the key set's Galois keys serve."""
     if expected is not None and expected != model.version:
         log.error(
             "refusing task: this embedder makes %s embeddings, the gateway's active model is %s "
@@ -116,6 +117,14 @@ def _check_model(model: ModelVersion, expected: str | None) -> None:
             expected,
         )
         raise errors.Unavailable(f"an embedder runs model {model.version}, not the active {expected}")
+    max_dim = runtime.context.params.max_dim
+    if model.dim > max_dim:
+        message = (
+            f"model {model.version} makes {model.dim}-D templates and the key set serves at most "
+            f"{max_dim}-D: rotate the keys (veilface keys rotate) or activate a smaller model"
+        )
+        log.error("refusing task: %s", message)
+        raise errors.Unavailable(message)
 
 
 @app.task(name=TASK_ENROLL, **TASK_OPTIONS)

@@ -1,6 +1,6 @@
 """Benchmark of the encrypted search engine (gateway-side tool: it holds the secret key).
 
-``python -m veilface.bench.he --gallery 65536 --dim 512 --out results/he.json
+``python -m veilface.bench.he --gallery 65536 --dim 1024 --out results/he.json
 [--database-url mysql+mysqldb://root@127.0.0.1:3306/veilface_bench]``
 
 Builds a gallery of synthetic unit templates clustered by identity, packs it into blocks
@@ -298,7 +298,7 @@ def results_sample_bytes(shard: Shard, ctx: PublicContext, query: np.ndarray) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gallery", type=int, default=65536, help="templates packed with the batch packer")
-    parser.add_argument("--dim", type=int, default=512, choices=[128, 256, 512])
+    parser.add_argument("--dim", type=int, default=1024, choices=[128, 256, 512, 1024])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--database-url", default="", help="default: a temporary SQLite file")
     parser.add_argument("--queries", type=int, default=10)
