@@ -44,26 +44,36 @@ def _faceless_jpeg() -> bytes:
     return out.getvalue()
 
 
-def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers, lfw_people):
-    people = lfw_people[:3]
-    for photos in people:
-        r = requests.post(
-            f"{embedded_stack.url}/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces",
-            headers=admin_headers,
-            files=[("image", photos[0].read_bytes())],
-            params={"face": "main"},
-            timeout=120,
-        )
-        assert r.status_code == 201, r.text
-    target = people[2]
+def enroll_main_face(stack: Stack, headers: dict[str, str], photo: Path) -> None:
+    """Enroll the main face of ``photo`` as the subject named by its folder; asserts a 201."""
     r = requests.post(
-        f"{embedded_stack.url}/v1/galleries/{GALLERY}/identify",
-        headers=admin_headers,
-        files=[("image", target[1].read_bytes())],
+        f"{stack.url}/v1/galleries/{GALLERY}/subjects/{photo.parent.name}/faces",
+        headers=headers,
+        files=[("image", photo.read_bytes())],
+        params={"face": "main"},
+        timeout=120,
+    )
+    assert r.status_code == 201, r.text
+
+
+def match_of_main_face(stack: Stack, headers: dict[str, str], photo: Path) -> str | None:
+    """The identify decision for the main face of ``photo`` (listed first); asserts a 200."""
+    r = requests.post(
+        f"{stack.url}/v1/galleries/{GALLERY}/identify",
+        headers=headers,
+        files=[("image", photo.read_bytes())],
         timeout=120,
     )
     assert r.status_code == 200, r.text
-    assert r.json()["faces"][0]["match"] == target[0].parent.name
+    return r.json()["faces"][0]["match"]
+
+
+def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers, lfw_people):
+    people = lfw_people[:3]
+    for photos in people:
+        enroll_main_face(embedded_stack, admin_headers, photos[0])
+    target = people[2]
+    assert match_of_main_face(embedded_stack, admin_headers, target[1]) == target[0].parent.name
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +86,12 @@ def ensemble_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
 
 
 def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
-    admin_headers = {"X-API-Key": ensemble_stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
+    headers = {"X-API-Key": ensemble_stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
     people = lfw_people[100:106]
-    subjects = f"{ensemble_stack.url}/v1/galleries/{GALLERY}/subjects"
     for photos in people:
-        r = requests.post(
-            f"{subjects}/{photos[0].parent.name}/faces",
-            headers=admin_headers,
-            files=[("image", photos[0].read_bytes())],
-            params={"face": "main"},
-            timeout=120,
-        )
-        assert r.status_code == 201, r.text
-    listing = requests.get(subjects, headers=admin_headers, timeout=10).json()
+        enroll_main_face(ensemble_stack, headers, photos[0])
+    subjects = f"{ensemble_stack.url}/v1/galleries/{GALLERY}/subjects"
+    listing = requests.get(subjects, headers=headers, timeout=10).json()
     assert listing["active_model_version"] == "edgeface_xs_xxs"
     assert all(s["model_versions"] == {"edgeface_xs_xxs": 1} for s in listing["subjects"])
     # The delta passed the compaction threshold: a packed block of 1024 diagonals is searched too.
@@ -102,14 +105,7 @@ def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
         time.sleep(1)
     assert states.get("packed", 0) >= 4 and sum(states.values()) == len(people), states
     for photos in people:
-        r = requests.post(
-            f"{ensemble_stack.url}/v1/galleries/{GALLERY}/identify",
-            headers=admin_headers,
-            files=[("image", photos[1].read_bytes())],
-            timeout=120,
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["faces"][0]["match"] == photos[0].parent.name
+        assert match_of_main_face(ensemble_stack, headers, photos[1]) == photos[0].parent.name
 
 
 BAD_INPUTS = [
