@@ -40,6 +40,8 @@ from tests.conftest import (
     fresh_mysql_database,
     new_key_set,
 )
+from veilface import errors
+from veilface.api import create_app
 from veilface.config import load_settings
 from veilface.schemas import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH, b64encode
 from veilface.sharding import owner
@@ -580,6 +582,47 @@ def test_redis_restart_under_load(faults: Faults):
 
     outcomes = _stream(faults, 25, crash_and_restart)
     _check_stream(faults, outcomes, waits_count=True)
+
+
+def test_every_redis_failure_of_a_task_call_is_unavailable_never_an_error(faults: Faults):
+    """Redis dies while the gateway waits for a task, and is still down for the next one.
+
+    Celery reports this in several ways: a kombu ``OperationalError`` when sending, a bare
+    ``RuntimeError`` when its result consumer gives up reconnecting (in ``get()``,
+    ``forget()`` or the subscription that sending makes), a Redis ``ConnectionError``. Each
+    must reach the client as 503 ``unavailable``; anything else would be a 500.
+    """
+    gateway = create_app(load_settings(faults.env)).extensions["veilface"]
+    outcome: dict[str, BaseException] = {}
+
+    def call_a_task_nobody_answers() -> None:
+        try:
+            gateway._call("veilface.test.unanswered", [], "veilface-test-nobody")
+        except BaseException as exc:  # the test inspects whatever came out
+            outcome["error"] = exc
+
+    waiting = threading.Thread(target=call_a_task_nobody_answers)
+    waiting.start()
+    time.sleep(1)
+    faults.redis.kill()
+    try:
+        waiting.join(TASK_TIMEOUT_S + 10)
+        assert not waiting.is_alive()
+        assert isinstance(outcome["error"], errors.Unavailable), repr(outcome["error"])
+        assert outcome["error"].message == "the result backend is unreachable"
+        with pytest.raises(errors.Unavailable):
+            gateway._call("veilface.test.unanswered", [], "veilface-test-nobody")
+        # What the result consumer raises when its reconnect budget is spent, whatever the cause
+        # in the backend's own list of connection errors; any other RuntimeError is a bug.
+        with pytest.raises(errors.Unavailable), gateway._unavailable_if_lost("lost"):
+            raise RuntimeError("retry limit exceeded") from KeyError("stale socket")
+        with pytest.raises(RuntimeError), gateway._unavailable_if_lost("lost"):
+            raise RuntimeError("a bug")
+    finally:
+        faults.redis.start()
+    faults.stack.wait_ready(timeout_s=90)
+    subject, _, query = faults.people[0]
+    identify_until_correct(faults, GALLERY, subject, query)
 
 
 def test_mariadb_unreachable_for_ten_seconds_under_load(faults: Faults):

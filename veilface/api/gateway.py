@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
@@ -101,34 +103,49 @@ class Gateway:
         return session_scope(self.sessions)
 
     def _call(self, task: str, args: list, queue: str) -> Any:
-        """Run a task and wait for it; a broker outage or a timeout becomes ``Unavailable``."""
-        try:
-            result = self.celery.send_task(task, args=args, queue=queue)
-        except BrokerError as exc:
-            raise errors.Unavailable("the task broker is unreachable") from exc
-        return self._wait(result, task)
+        """Run a task and wait for it; a backend outage or a timeout becomes ``Unavailable``."""
+        return self._wait(self._send(task, args, queue), task)
 
-    def _wait(self, result, task: str) -> Any:
+    def _send(self, task: str, args: list, queue: str) -> AsyncResult:
+        """Queue a task; sending also subscribes to its result, so either backend may be down."""
+        with self._unavailable_if_lost("the task broker is unreachable"):
+            return self.celery.send_task(task, args=args, queue=queue)
+
+    def _wait(self, result: AsyncResult, task: str) -> Any:
         try:
-            value = result.get(timeout=self.settings.task_timeout_s, propagate=False, interval=0.02)
+            with self._unavailable_if_lost("the result backend is unreachable"):
+                value = result.get(timeout=self.settings.task_timeout_s, propagate=False, interval=0.02)
         except CeleryTimeout as exc:
             raise errors.Unavailable(f"no worker answered {task} in time") from exc
-        except (BrokerError, RedisError, ConnectionError, OSError) as exc:
-            raise errors.Unavailable("the result backend is unreachable") from exc
-        except RuntimeError as exc:
-            # Celery's Redis result consumer gives up reconnecting (Redis restarting, still
-            # loading its data) with a bare RuntimeError; it reconnects on the next call.
-            if not isinstance(exc.__cause__, RedisError | ConnectionError | OSError):
-                raise
-            raise errors.Unavailable("the result backend is unreachable") from exc
         finally:
             # Best effort while the backend is down: results expire by themselves anyway.
-            with contextlib.suppress(RedisError, ConnectionError, OSError):
+            with contextlib.suppress(errors.Unavailable), self._unavailable_if_lost("forgetting a result"):
                 result.forget()
         if isinstance(value, BaseException):
             log.warning("task %s failed: %s", task, type(value).__name__)
             raise errors.Unavailable(f"{task} failed in the worker; retry later")
         return raise_for_error(value)
+
+    @contextlib.contextmanager
+    def _unavailable_if_lost(self, message: str) -> Iterator[None]:
+        """Turn an error that means the broker or the result backend is unreachable into
+        ``Unavailable``; any other error goes on as it is.
+
+        The Redis result backend's own list of connection errors counts too (it includes
+        those of a socket left over from before a restart), and so does the bare
+        ``RuntimeError`` with which Celery's result consumer gives up reconnecting, whether
+        in ``get()``, ``forget()`` or the subscription ``send_task()`` makes; it reconnects
+        on the next call.
+        """
+        lost = (BrokerError, RedisError, ConnectionError, OSError)
+        lost += tuple(getattr(self.celery.backend, "connection_errors", ()))
+        try:
+            yield
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
+            if not isinstance(cause, lost):
+                raise
+            raise errors.Unavailable(message) from exc
 
     def _sealed(self, image: bytes) -> str:
         return b64encode(self.sealer.seal(image))
@@ -178,12 +195,12 @@ class Gateway:
                 pending = store.delta_size(session, gallery_id, model_version)
             if pending >= self.settings.compaction_threshold:
                 self.request_compaction(gallery_id, model_version)
-        except (BrokerError, DBAPIError, OSError) as exc:
+        except (errors.Unavailable, DBAPIError, OSError) as exc:
             log.warning("compaction of gallery %d not queued: %s", gallery_id, type(exc).__name__)
 
     def request_compaction(self, gallery_id: int, model_version: str):
         """Queue a compaction of the gallery's delta (public keys only, on a matcher)."""
-        return self.celery.send_task(TASK_COMPACT, args=[gallery_id, model_version], queue=MATCH_QUEUE)
+        return self._send(TASK_COMPACT, [gallery_id, model_version], MATCH_QUEUE)
 
     # -- search -----------------------------------------------------------------------
 
@@ -221,12 +238,7 @@ class Gateway:
             if not blocks:
                 continue
             request = SearchRequest(gallery_id, model_version, probe, blocks)
-            try:
-                pending.append(
-                    self.celery.send_task(TASK_SEARCH, args=[request.to_message()], queue=queues[name])
-                )
-            except BrokerError as exc:
-                raise errors.Unavailable("the task broker is unreachable") from exc
+            pending.append(self._send(TASK_SEARCH, [request.to_message()], queues[name]))
         scores: list[ScoreResult] = []
         for result in pending:
             scores.extend(score_from_message(m) for m in self._wait(result, TASK_SEARCH))
