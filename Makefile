@@ -8,7 +8,7 @@ N ?= 65536
 DIM ?= 1024
 CONFIG ?= services/trainer/configs/cfp_finetune.toml
 
-.PHONY: venv install install-train demo run test lint bench-he bench-embedder bench-identify eval train compose-config clean
+.PHONY: venv install install-train demo run test screenshots lint bench-he bench-embedder bench-identify eval train compose-config clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ test: install-train
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+## screenshots: rerun the console tests, saving their screenshots into docs/screenshots/
+screenshots: install-train
+	VEILFACE_TEST_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q tests/test_console.py
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

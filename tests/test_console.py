@@ -4,8 +4,9 @@ Chromium is Debian's (``apt-get install chromium chromium-driver``), driven by P
 (``pip install playwright``); ``playwright install`` is never needed. A missing browser is a
 failure, not a skip. The tests sign in, enroll two LFW identities, identify and verify,
 delete a subject through the confirmation dialog, check that hostile names stay text and
-that every console response carries the security headers. They save the screenshots used
-by ``docs/console.md`` into ``docs/screenshots/``.
+that every console response carries the security headers. They save screenshots into a
+temporary folder, or into ``VEILFACE_TEST_SCREENSHOTS`` when it is set: ``make screenshots``
+refreshes those of ``docs/console.md`` that way, so a test run never rewrites the docs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 GALLERY = "console"
 XSS_GALLERY = '"><svg onload=alert(2)>'
 XSS_SUBJECT = "<img src=x onerror=alert(1)>"
@@ -149,9 +149,12 @@ def people(lfw_people) -> list[list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory) -> Path:
+    folder = os.environ.get("VEILFACE_TEST_SCREENSHOTS")
+    if not folder:
+        return tmp_path_factory.mktemp("screenshots")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)
 
 
 def sign_in(page, stack, key: str) -> None:
