@@ -38,7 +38,6 @@ from veilface.face.align import align_face
 from veilface.face.detect import FaceDetector
 from veilface.face.embed import Recognizer, join_embeddings
 from veilface.face.image import decode_image
-from veilface.face.models import get_spec
 from veilface.face.pipeline import FacePipeline
 from veilface.projection import split_version
 from veilface.registry import ModelRegistry
@@ -161,9 +160,8 @@ class _Worker:
         self.first = first
         self.others = {}
         for network in others:
-            model = registry.get(network.version)
-            self.others[network] = Recognizer(
-                get_spec(model.spec), model.path, threads=1, flip_fusion=network.flip
+            self.others[network] = Recognizer.from_version(
+                registry.get(network.version), threads=1, flip_fusion=network.flip
             )
         self.members = members
         self.projections = {

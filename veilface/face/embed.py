@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from veilface.face.models import RecognizerSpec
+from veilface.face.models import RecognizerSpec, get_spec
 from veilface.face.runtime import create_session
+
+if TYPE_CHECKING:
+    from veilface.registry import ModelVersion
 
 #: Largest batch sent to the network at once (twice as many crops with flip fusion); bounds memory.
 _MAX_BATCH = 32
@@ -38,6 +42,24 @@ class Recognizer:
         self.flip_fusion = flip_fusion
         self._session = create_session(model_path, threads=threads, providers=providers)
         self.provider: str = self._session.get_providers()[0]
+
+    @classmethod
+    def from_version(
+        cls,
+        version: ModelVersion,
+        *,
+        threads: int = 1,
+        flip_fusion: bool = True,
+        providers: Sequence[str] | None = None,
+    ) -> Recognizer:
+        """The recogniser of a registered model version (one network): its ONNX file and input spec."""
+        return cls(
+            get_spec(version.spec),
+            version.path,
+            threads=threads,
+            flip_fusion=flip_fusion,
+            providers=providers,
+        )
 
     @property
     def name(self) -> str:

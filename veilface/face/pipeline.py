@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -13,7 +14,6 @@ from veilface.face.align import align_face
 from veilface.face.detect import FaceDetector
 from veilface.face.embed import EnsembleRecognizer, Recognizer
 from veilface.face.image import decode_image
-from veilface.face.models import get_spec
 from veilface.face.quality import assess
 from veilface.registry import ModelRegistry, ModelVersion
 
@@ -71,22 +71,18 @@ class FacePipeline:
             threads=settings.onnx_threads,
             providers=providers,
         )
-
-        def recognizer(version: ModelVersion) -> Recognizer:
-            return Recognizer(
-                get_spec(version.spec),
-                version.path,
-                threads=settings.onnx_threads,
-                flip_fusion=settings.flip_fusion,
-                providers=providers,
-            )
-
+        load = partial(
+            Recognizer.from_version,
+            threads=settings.onnx_threads,
+            flip_fusion=settings.flip_fusion,
+            providers=providers,
+        )
         if model.members:
             registry = ModelRegistry(settings)
-            members = [recognizer(registry.get(member)) for member in model.members]
+            members = [load(registry.get(member)) for member in model.members]
             embedder: Recognizer | EnsembleRecognizer = EnsembleRecognizer(model.version, members)
         else:
-            embedder = recognizer(model)
+            embedder = load(model)
         return cls(detector, embedder, max_image_pixels=settings.max_image_pixels)
 
     @property
