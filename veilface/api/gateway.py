@@ -118,9 +118,11 @@ class Gateway:
         except CeleryTimeout as exc:
             raise errors.Unavailable(f"no worker answered {task} in time") from exc
         finally:
-            # Best effort while the backend is down: results expire by themselves anyway.
-            with contextlib.suppress(errors.Unavailable), self._unavailable_if_lost("forgetting a result"):
+            try:
                 result.forget()
+            except Exception as exc:  # best effort while the backend is down: results expire anyway
+                if not self._backend_lost(exc):
+                    raise
         if isinstance(value, BaseException):
             log.warning("task %s failed: %s", task, type(value).__name__)
             raise errors.Unavailable(f"{task} failed in the worker; retry later")
@@ -128,8 +130,17 @@ class Gateway:
 
     @contextlib.contextmanager
     def _unavailable_if_lost(self, message: str) -> Iterator[None]:
-        """Turn an error that means the broker or the result backend is unreachable into
-        ``Unavailable``; any other error goes on as it is.
+        """Turn an error that means a backend is unreachable (:meth:`_backend_lost`) into
+        ``Unavailable``; any other error goes on as it is."""
+        try:
+            yield
+        except Exception as exc:
+            if not self._backend_lost(exc):
+                raise
+            raise errors.Unavailable(message) from exc
+
+    def _backend_lost(self, exc: Exception) -> bool:
+        """Whether ``exc`` says the broker or the result backend is unreachable.
 
         The Redis result backend's own list of connection errors counts too (it includes
         those of a socket left over from before a restart), and so does the bare
@@ -139,13 +150,8 @@ class Gateway:
         """
         lost = (BrokerError, RedisError, ConnectionError, OSError)
         lost += tuple(getattr(self.celery.backend, "connection_errors", ()))
-        try:
-            yield
-        except Exception as exc:
-            cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
-            if not isinstance(cause, lost):
-                raise
-            raise errors.Unavailable(message) from exc
+        cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
+        return isinstance(cause, lost)
 
     def _sealed(self, image: bytes) -> str:
         return b64encode(self.sealer.seal(image))
