@@ -18,6 +18,9 @@ import requests
 from PIL import Image
 
 from tests.conftest import _run_stack, _stack_env
+from veilface.crypto.params import CkksParams
+from veilface.crypto.secret import generate_keyset
+from veilface.payload import generate_queue_key
 from veilface.stack import Stack
 
 GALLERY = "embedded"
@@ -106,6 +109,36 @@ def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
     assert states.get("packed", 0) >= 4 and sum(states.values()) == len(people), states
     for photos in people:
         assert match_of_main_face(ensemble_stack, headers, photos[1]) == photos[0].parent.name
+
+
+@pytest.fixture(scope="module")
+def short_keys_stack(tmp_path_factory) -> Iterator[Stack]:
+    """The embedded stack serving the 1024-D default on a key set whose Galois keys serve 512-D
+    templates at most (as key sets made before the ensemble became the default)."""
+    key_dir = tmp_path_factory.mktemp("keys-512")
+    generate_keyset(key_dir, CkksParams(max_dim=512))
+    generate_queue_key(key_dir / "queue.key")
+    var_dir = tmp_path_factory.mktemp("var-short-keys")
+    yield from _run_stack(_stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs"), var_dir)
+
+
+def test_a_model_longer_than_the_keys_serve_is_refused_with_the_way_out(short_keys_stack, lfw_people):
+    headers = {"X-API-Key": short_keys_stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
+    photo = lfw_people[110][0]
+    r = requests.post(
+        f"{short_keys_stack.url}/v1/galleries/{GALLERY}/subjects/{photo.parent.name}/faces",
+        headers=headers,
+        files=[("image", photo.read_bytes())],
+        timeout=120,
+    )
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unavailable"
+    assert "1024-D templates" in error["message"] and "at most 512-D" in error["message"], error
+    assert "veilface keys rotate" in error["message"], error
+    subjects = f"{short_keys_stack.url}/v1/galleries/{GALLERY}/subjects"
+    listing = requests.get(subjects, headers=headers, timeout=10)
+    assert listing.status_code == 200 and listing.json()["subjects"] == [], listing.text  # nothing stored
 
 
 BAD_INPUTS = [
