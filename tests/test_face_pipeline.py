@@ -172,8 +172,8 @@ def test_the_ensemble_version_joins_its_members_on_the_same_crop(abel):
     assert ensemble.model_name == "edgeface_xs_xxs" and ensemble.dim == 1024
     (face,) = ensemble.analyze(lfw_path("Abel_Pacheco", 1).read_bytes())
     crop = align_face(read(lfw_path("Abel_Pacheco", 1)), abel.landmarks)
-    members = [registry.get(name) for name in ("edgeface_xs", "edgeface_xxs")]
-    parts = [Recognizer(get_spec(m.spec), m.path).embed([crop])[0] for m in members]
+    members = [Recognizer.from_version(registry.get(name)) for name in ("edgeface_xs", "edgeface_xxs")]
+    parts = [member.embed([crop])[0] for member in members]
     expected = np.concatenate(parts) / np.sqrt(2)
     np.testing.assert_allclose(face.embedding, expected, atol=1e-5)
     assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
