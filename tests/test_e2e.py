@@ -126,27 +126,32 @@ def test_listing(stack, admin_headers, enrolled):
 
 
 def _contains_vector(buf: bytes, vectors: np.ndarray, tol: float = 1e-3, run: int = 16) -> bool:
-    """Whether ``buf`` holds ``run`` consecutive components of any vector as float32/64."""
-    order = np.argsort(vectors[:, 0])
-    firsts = vectors[order, 0]
+    """Whether ``buf`` holds ``run`` consecutive components of any vector as float32/64.
+
+    Each vector is looked for by its anchor, its largest component among the first ``run``: only a
+    value of an anchor's magnitude can be one, which rules out nearly every position at once.
+    """
+    heads = vectors[:, :run].astype(np.float64)
+    anchor_at = np.abs(heads).argmax(axis=1)
+    anchors = heads[np.arange(len(heads)), anchor_at]
+    smallest, largest = float(np.abs(anchors).min()) - tol, float(np.abs(anchors).max()) + tol
     steps = np.arange(run)
     for dtype, width in ((np.float32, 4), (np.float64, 8)):
         for offset in range(width):
-            usable = (len(buf) - offset) // width * width
-            if usable < run * width:
+            count = (len(buf) - offset) // width
+            if count < run:
                 continue
+            values = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
             with np.errstate(invalid="ignore", over="ignore"):
-                values = np.frombuffer(buf[offset : offset + usable], dtype=dtype).astype(np.float64)
-            values = np.nan_to_num(values, nan=9.0, posinf=9.0, neginf=9.0)
-            heads = values[: len(values) - run + 1]
-            lo = np.searchsorted(firsts, heads - tol)
-            width_of = np.searchsorted(firsts, heads + tol) - lo
-            for extra in range(int(width_of.max(initial=0))):
-                starts = np.flatnonzero(width_of > extra)
-                windows = values[starts[:, None] + steps]
-                expected = vectors[order[lo[starts] + extra], :run]
-                if np.any(np.all(np.abs(windows - expected) < tol, axis=1)):
-                    return True
+                magnitude = np.abs(values)
+                found = np.flatnonzero((magnitude >= smallest) & (magnitude <= largest))
+                near = values[found].astype(np.float64)
+                for head, at, anchor in zip(heads, anchor_at, anchors, strict=True):
+                    starts = found[np.abs(near - anchor) < tol] - at
+                    starts = starts[(starts >= 0) & (starts <= count - run)]
+                    windows = values[starts[:, None] + steps].astype(np.float64)
+                    if np.any(np.all(np.abs(windows - head) < tol, axis=1)):
+                        return True
     return False
 
 
