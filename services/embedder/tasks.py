@@ -69,15 +69,20 @@ class ActiveModel:
         return self.model, self.pipeline
 
     def templated(self, embedding: np.ndarray, projection: str | None) -> tuple[str, np.ndarray]:
-        """Template version and vector for a gallery: the model's own, or through its projection."""
+        """Template version and vector for a gallery: the model's own, or through its projection.
+
+        Raises Unavailable if the key set cannot serve templates of that dimension.
+        """
         if projection is None:
-            return self.model.version, embedding
-        fitted = self.registry.projection(projection)
-        if fitted.base_version != self.model.version:
-            raise errors.Conflict(
-                f"projection {projection!r} was fitted for {fitted.base_version}, not {self.model.version}"
-            )
-        return fitted.version, fitted.apply(embedding)
+            version, vector = self.model.version, embedding
+        else:
+            fitted = self.registry.projection(projection)
+            if fitted.base_version != self.model.version:
+                base, current = fitted.base_version, self.model.version
+                raise errors.Conflict(f"projection {projection!r} was fitted for {base}, not {current}")
+            version, vector = fitted.version, fitted.apply(embedding)
+        _check_servable(version, len(vector))
+        return version, vector
 
 
 active = ActiveModel(ModelRegistry(settings))
@@ -107,8 +112,7 @@ def _image(sealed: str) -> bytes:
 
 
 def _check_model(model: ModelVersion, expected: str | None) -> None:
-    """Refuse a task for another model version than this embedder's (its registry differs), or for
-    a model whose templates are longer than the key set's Galois keys serve."""
+    """Refuse a task for another model version than this embedder's (its registry differs)."""
     if expected is not None and expected != model.version:
         log.error(
             "refusing task: this embedder makes %s embeddings, the gateway's active model is %s "
@@ -117,14 +121,20 @@ def _check_model(model: ModelVersion, expected: str | None) -> None:
             expected,
         )
         raise errors.Unavailable(f"an embedder runs model {model.version}, not the active {expected}")
-    max_dim = runtime.context.params.max_dim
-    if model.dim > max_dim:
+
+
+def _check_servable(version: str, dim: int) -> None:
+    """Refuse templates that the key set's Galois keys cannot serve (``CkksParams.check_dim``)."""
+    params = runtime.context.params
+    try:
+        params.check_dim(dim)
+    except ValueError as exc:
         message = (
-            f"model {model.version} makes {model.dim}-D templates and the key set serves at most "
-            f"{max_dim}-D: rotate the keys (veilface keys rotate) or activate a smaller model"
+            f"model {version} makes {dim}-D templates and the key set serves powers of two of at most "
+            f"{params.max_dim}-D: rotate the keys (veilface keys rotate) or activate another model"
         )
         log.error("refusing task: %s", message)
-        raise errors.Unavailable(message)
+        raise errors.Unavailable(message) from exc
 
 
 @app.task(name=TASK_ENROLL, **TASK_OPTIONS)
