@@ -36,6 +36,7 @@ from veilface.eval.verification import (
     threshold_at_far,
 )
 from veilface.registry import ModelRegistry
+from veilface.train.evaluate import misjudged_pairs
 
 SETTINGS = load_settings()
 DATA = SETTINGS.data_dir
@@ -128,6 +129,27 @@ def test_kfold_threshold_comes_from_the_other_folds():
     assert result.thresholds[3] < 0.7 and result.accuracies[3] == 0.5
     assert result.accuracies[:3] == (1.0, 1.0, 1.0)
     assert result.mean == pytest.approx(0.875) and result.std == pytest.approx(np.std([1, 1, 1, 0.5]))
+
+
+def test_misjudged_pairs_are_the_errors_the_kfold_accuracy_counts():
+    pairs = benchmarks.cfp(DATA, "FP", splits=range(6, 8))
+    rng = np.random.default_rng(5)
+    scores = rng.normal(np.where(pairs.labels, 0.45, 0.05), 0.12)
+    kfold = kfold_accuracy(scores, pairs.labels, pairs.folds)
+    misjudged = misjudged_pairs(pairs, scores)
+    per_fold = zip(kfold.folds, kfold.accuracies, strict=True)
+    errors = sum(round((1 - accuracy) * np.sum(pairs.folds == fold)) for fold, accuracy in per_fold)
+    assert 0 < len(misjudged) == errors
+    index = {(a, b): k for k, (a, b) in enumerate(zip(pairs.first, pairs.second, strict=True))}
+    cut = dict(zip(kfold.folds, kfold.thresholds, strict=True))
+    distances = []
+    for pair in misjudged:
+        k = index[pair["first"], pair["second"]]
+        threshold = cut[int(pairs.folds[k])]
+        assert pair["mated"] == bool(pairs.labels[k]) != (scores[k] >= threshold)
+        assert pair["score"] == round(float(scores[k]), 4)
+        distances.append(abs(scores[k] - threshold))
+    assert distances == sorted(distances, reverse=True)  # the worst first
 
 
 def test_tar_at_far():

@@ -9,6 +9,8 @@ pair lists, its occluder seed, kinds and occluded sides, its k-fold report) on:
 * ``occ_cfp_fp``: the same pairs with one image occluded, exactly as ``make eval``'s Occ-CFP-FP;
 * ``lfw``: LFW View 2 (10 folds).
 
+Each protocol's report also lists the pairs it got wrong (``misjudged``), to see where a model fails.
+
 Usage: ``python -m veilface.train.evaluate --candidates edgeface_xs VERSION ... --out FILE.json``.
 Embeddings only live in memory.
 """
@@ -28,7 +30,9 @@ from veilface.config import Settings, load_settings
 from veilface.eval import benchmarks
 from veilface.eval.extract import FaceExtractor, ImageJob, ImageResult, OcclusionSpec
 from veilface.eval.occlusion import KINDS
+from veilface.eval.protocols import PairList
 from veilface.eval.variants import Variant, all_members
+from veilface.eval.verification import kfold_accuracy
 from veilface.eval.verify import default_threshold, embed_images, evaluate_protocol
 
 #: CFP splits no trained model has seen (identities 251-350).
@@ -72,7 +76,8 @@ def evaluate(
             side = occluded.side if protocol == "occ_cfp_fp" else np.full(len(pairs), -1)
             first, second = _pair_embeddings(pairs.first, pairs.second, side, clean, hidden, variant)
             outcome = evaluate_protocol(pairs.labels, pairs.folds, first, second, threshold=threshold)
-            results[variant.name][protocol] = outcome.report
+            misjudged = misjudged_pairs(pairs, outcome.scores)
+            results[variant.name][protocol] = {**outcome.report, "misjudged": misjudged}
     return {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info({"detector": "CPUExecutionProvider", "recognizer": "CPUExecutionProvider"}),
@@ -80,6 +85,25 @@ def evaluate(
         "occlusion": {"seed": seed, "kinds": list(KINDS)},
         "variants": results,
     }
+
+
+def misjudged_pairs(pairs: PairList, scores: np.ndarray) -> list[dict]:
+    """The pairs that the k-fold thresholds decide wrongly, each pair by its own fold's threshold (as
+    the k-fold accuracy counts them), the farthest from its threshold first."""
+    kfold = kfold_accuracy(scores, pairs.labels, pairs.folds)
+    cut = dict(zip(kfold.folds, kfold.thresholds, strict=True))
+    thresholds = np.array([cut[int(fold)] for fold in pairs.folds])
+    wrong = np.flatnonzero((scores >= thresholds) != pairs.labels)
+    wrong = wrong[np.argsort(-np.abs(scores[wrong] - thresholds[wrong]), kind="stable")]
+    return [
+        {
+            "first": pairs.first[k],
+            "second": pairs.second[k],
+            "mated": bool(pairs.labels[k]),
+            "score": round(float(scores[k]), 4),
+        }
+        for k in wrong
+    ]
 
 
 def _pair_embeddings(
@@ -114,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, protocols in report["variants"].items():
-        print(name, {p: round(100 * r["accuracy"], 2) for p, r in protocols.items()})
+        print(
+            name,
+            {p: f"{100 * r['accuracy']:.2f} ({len(r['misjudged'])} misjudged)" for p, r in protocols.items()},
+        )
 
 
 if __name__ == "__main__":
