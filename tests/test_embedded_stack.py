@@ -10,6 +10,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,12 @@ import requests
 from PIL import Image
 
 from tests.conftest import _run_stack, _stack_env
+from veilface.config import load_settings
 from veilface.crypto.params import CkksParams
 from veilface.crypto.secret import generate_keyset
 from veilface.payload import generate_queue_key
+from veilface.projection import fit_pca
+from veilface.registry import ModelRegistry
 from veilface.stack import Stack
 
 GALLERY = "embedded"
@@ -139,6 +143,31 @@ def test_a_model_longer_than_the_keys_serve_is_refused_with_the_way_out(short_ke
     subjects = f"{short_keys_stack.url}/v1/galleries/{GALLERY}/subjects"
     listing = requests.get(subjects, headers=headers, timeout=10)
     assert listing.status_code == 200 and listing.json()["subjects"] == [], listing.text  # nothing stored
+
+
+def test_a_compact_gallery_serves_on_keys_too_short_for_the_full_templates(short_keys_stack, lfw_people):
+    """A gallery's projection sets the template dimension: 256-D templates of the 1024-D default fit
+    the 512-D key set that refuses its full templates (the embedder checks what it encrypts)."""
+    headers = {"X-API-Key": short_keys_stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
+    embeddings = np.random.default_rng(11).normal(size=(600, 1024))
+    fitted = fit_pca("pca256", "edgeface_xs_xxs", embeddings, 256)
+    replace(fitted, threshold=0.5).save(ModelRegistry(load_settings(short_keys_stack.env)).projections_path)
+    gallery = f"{short_keys_stack.url}/v1/galleries/compact"
+    r = requests.put(gallery, json={"projection": "pca256"}, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    photos = lfw_people[111]
+    r = requests.post(
+        f"{gallery}/subjects/{photos[0].parent.name}/faces",
+        headers=headers,
+        files=[("image", photos[0].read_bytes())],
+        timeout=120,
+    )
+    assert r.status_code == 201, r.text
+    r = requests.post(
+        f"{gallery}/identify", headers=headers, files=[("image", photos[0].read_bytes())], timeout=120
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["faces"][0]["match"] == photos[0].parent.name, r.text
 
 
 BAD_INPUTS = [
