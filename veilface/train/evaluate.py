@@ -28,6 +28,7 @@ import numpy as np
 from veilface.bench.embedder import machine_info
 from veilface.config import Settings, load_settings
 from veilface.eval import benchmarks
+from veilface.eval.evaluate import fold_thresholds
 from veilface.eval.extract import FaceExtractor, ImageJob, ImageResult, OcclusionSpec
 from veilface.eval.occlusion import KINDS
 from veilface.eval.protocols import PairList
@@ -90,9 +91,7 @@ def evaluate(
 def misjudged_pairs(pairs: PairList, scores: np.ndarray) -> list[dict]:
     """The pairs that the k-fold thresholds decide wrongly, each pair by its own fold's threshold (as
     the k-fold accuracy counts them), the farthest from its threshold first."""
-    kfold = kfold_accuracy(scores, pairs.labels, pairs.folds)
-    cut = dict(zip(kfold.folds, kfold.thresholds, strict=True))
-    thresholds = np.array([cut[int(fold)] for fold in pairs.folds])
+    thresholds = fold_thresholds(pairs.folds, kfold_accuracy(scores, pairs.labels, pairs.folds))
     wrong = np.flatnonzero((scores >= thresholds) != pairs.labels)
     wrong = wrong[np.argsort(-np.abs(scores[wrong] - thresholds[wrong]), kind="stable")]
     return [
