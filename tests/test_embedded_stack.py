@@ -51,10 +51,10 @@ def _faceless_jpeg() -> bytes:
     return out.getvalue()
 
 
-def enroll_main_face(stack: Stack, headers: dict[str, str], photo: Path) -> None:
+def enroll_main_face(stack: Stack, headers: dict[str, str], photo: Path, gallery: str = GALLERY) -> None:
     """Enroll the main face of ``photo`` as the subject named by its folder; asserts a 201."""
     r = requests.post(
-        f"{stack.url}/v1/galleries/{GALLERY}/subjects/{photo.parent.name}/faces",
+        f"{stack.url}/v1/galleries/{gallery}/subjects/{photo.parent.name}/faces",
         headers=headers,
         files=[("image", photo.read_bytes())],
         params={"face": "main"},
@@ -63,10 +63,12 @@ def enroll_main_face(stack: Stack, headers: dict[str, str], photo: Path) -> None
     assert r.status_code == 201, r.text
 
 
-def match_of_main_face(stack: Stack, headers: dict[str, str], photo: Path) -> str | None:
+def match_of_main_face(
+    stack: Stack, headers: dict[str, str], photo: Path, gallery: str = GALLERY
+) -> str | None:
     """The identify decision for the main face of ``photo`` (listed first); asserts a 200."""
     r = requests.post(
-        f"{stack.url}/v1/galleries/{GALLERY}/identify",
+        f"{stack.url}/v1/galleries/{gallery}/identify",
         headers=headers,
         files=[("image", photo.read_bytes())],
         timeout=120,
@@ -152,22 +154,12 @@ def test_a_compact_gallery_serves_on_keys_too_short_for_the_full_templates(short
     embeddings = np.random.default_rng(11).normal(size=(600, 1024))
     fitted = fit_pca("pca256", "edgeface_xs_xxs", embeddings, 256)
     replace(fitted, threshold=0.5).save(ModelRegistry(load_settings(short_keys_stack.env)).projections_path)
-    gallery = f"{short_keys_stack.url}/v1/galleries/compact"
-    r = requests.put(gallery, json={"projection": "pca256"}, headers=headers, timeout=10)
+    url = f"{short_keys_stack.url}/v1/galleries/compact"
+    r = requests.put(url, json={"projection": "pca256"}, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
-    photos = lfw_people[111]
-    r = requests.post(
-        f"{gallery}/subjects/{photos[0].parent.name}/faces",
-        headers=headers,
-        files=[("image", photos[0].read_bytes())],
-        timeout=120,
-    )
-    assert r.status_code == 201, r.text
-    r = requests.post(
-        f"{gallery}/identify", headers=headers, files=[("image", photos[0].read_bytes())], timeout=120
-    )
-    assert r.status_code == 200, r.text
-    assert r.json()["faces"][0]["match"] == photos[0].parent.name, r.text
+    photo = lfw_people[111][0]
+    enroll_main_face(short_keys_stack, headers, photo, gallery="compact")
+    assert match_of_main_face(short_keys_stack, headers, photo, gallery="compact") == photo.parent.name
 
 
 BAD_INPUTS = [
