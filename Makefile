@@ -8,7 +8,12 @@ N ?= 65536
 DIM ?= 1024
 CONFIG ?= services/trainer/configs/cfp_finetune.toml
 
-.PHONY: venv install install-train demo run test screenshots lint bench-he bench-embedder bench-identify eval train compose-config clean
+# The MySQL driver (extra `mysql`) builds against the MariaDB client library; only the targets
+# that talk to MySQL install it: test, and run when VEILFACE_DATABASE_URL is a MySQL URL.
+MYSQL_HINT := make: the MySQL driver (mysqlclient) could not be built; install the MariaDB client library first: apt-get install libmariadb-dev pkg-config (Debian/Ubuntu)
+USES_MYSQL := $(findstring mysql,$(VEILFACE_DATABASE_URL))
+
+.PHONY: venv install install-mysql install-train demo run test screenshots lint bench-he bench-embedder bench-identify eval train compose-config clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,6 +22,13 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 venv install: $(VENV)/.installed
+
+install-mysql: $(VENV)/.installed-mysql
+
+$(VENV)/.installed-mysql: $(VENV)/.installed
+	@$(PY) -m pip install --quiet -e '.[mysql]' >$(VENV)/mysql-install.log 2>&1 \
+		|| { echo '$(MYSQL_HINT) (pip log: $(VENV)/mysql-install.log)' >&2; exit 1; }
+	@touch $@
 
 install-train: $(VENV)/.installed-train
 
@@ -32,11 +44,11 @@ demo: install
 	$(PY) -m veilface.demo $(if $(DATA),--data $(DATA),)
 
 ## run: the stack as separate processes (gateway on :8080, one embedder, one he-matcher)
-run: install
+run: install $(if $(USES_MYSQL),install-mysql)
 	$(PY) -m veilface.stack
 
 ## test: ruff, then the whole suite against real MariaDB and Redis (the trainer smoke test needs torch)
-test: install-train
+test: install-train install-mysql
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q

@@ -117,6 +117,12 @@ class SecretKeyInPublicContext(VeilfaceError):
     code, status = "secret_key_present", 500
 
 
+class MissingDriver(VeilfaceError):
+    """The database URL names a driver that is not installed."""
+
+    code, status = "missing_driver", 500
+
+
 class InvalidCiphertext(VeilfaceError):
     """A ciphertext could not be parsed against the deployment's context."""
 

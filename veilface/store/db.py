@@ -11,10 +11,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from veilface import errors
 from veilface.config import Settings
 from veilface.store.models import Base
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent.parent / "sql" / "schema.sql"
+
+#: What to do when the MySQL driver is missing; ``make`` prints the same advice.
+MYSQL_DRIVER_HINT = (
+    "the MySQL driver is not installed: pip install 'veilface[mysql]' (it builds against the "
+    "MariaDB client library: apt-get install libmariadb-dev pkg-config on Debian/Ubuntu)"
+)
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -32,7 +39,13 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_size=5, max_overflow=10)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_recycle=3600, pool_size=5, max_overflow=10)
+    except ModuleNotFoundError as exc:
+        if exc.name == "MySQLdb":
+            raise errors.MissingDriver(MYSQL_DRIVER_HINT) from None
+        scheme = url.split(":", 1)[0]
+        raise errors.MissingDriver(f"the database driver of {scheme} URLs is not installed") from None
 
 
 def create_schema(engine: Engine) -> None:
