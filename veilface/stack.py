@@ -9,6 +9,7 @@ on MySQL/MariaDB and Redis.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -19,13 +20,23 @@ from pathlib import Path
 
 import requests
 
+from veilface import errors
 from veilface.config import Settings, load_settings, path_environ
 
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 
+log = logging.getLogger(__name__)
+
+#: The signals that stop the stack: what systemd, docker, supervisord, ``kill`` and Ctrl-C send.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
+
+
+def _unblock_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def ensure_keys(settings: Settings, env: dict[str, str]) -> None:
@@ -54,9 +65,21 @@ class Stack:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.processes[name] = subprocess.Popen(
-            argv, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        # A stop signal waits until the child is recorded (else it could outlive the stack);
+        # the child itself starts with the signals unblocked.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.processes[name] = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_unblock_stop_signals,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def start_worker(self, kind: str, index: int) -> str:
         """Start one Celery worker of ``kind`` ('embedder' or 'matcher'); returns its name."""
@@ -116,16 +139,33 @@ class Stack:
         os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM every process group, SIGKILL those still alive after ``timeout_s`` in all.
+
+        Returns whether every process stopped by itself (``False`` when one had to be killed).
+        """
         for proc in self.processes.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes.values():
+        deadline, clean = time.monotonic() + timeout_s, True
+        for name, proc in self.processes.items():
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killed", name, timeout_s)
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                clean = False
         self.processes.clear()
+        return clean
+
+
+class StopRequested(Exception):
+    """A stop signal (SIGTERM, SIGINT or SIGHUP) arrived."""
+
+
+def _raise_stop(signum: int, _frame) -> None:
+    raise StopRequested(signal.Signals(signum).name)
 
 
 def main() -> None:
@@ -133,18 +173,36 @@ def main() -> None:
     parser.add_argument("--bind", default=os.environ.get("VEILFACE_BIND", "127.0.0.1:8080"))
     parser.add_argument("--embedders", type=int, default=1)
     parser.add_argument("--matchers", type=int, default=1)
+    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds before a child is killed")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings()
     stack = Stack(
         bind=args.bind, embedders=args.embedders, matchers=args.matchers, log_dir=settings.var_dir / "logs"
     )
-    stack.start()
+    # Handlers first, so that a signal during start-up stops what has started so far. A process
+    # is recorded as soon as Popen returns, so the ``finally`` below finds every child.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stop)
+    status = 0
     try:
+        stack.start()
         stack.wait_ready()
-        print(f"veilface is up on {stack.url} (logs in {settings.var_dir / 'logs'}); Ctrl-C stops it")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        print(f"veilface is up: console {stack.url}/console/, API {stack.url}/v1 (logs in {stack.log_dir})")
+        print("Ctrl-C or SIGTERM stops it", flush=True)
+        while True:
+            signal.pause()
+    except StopRequested as stop:
+        log.info("%s: stopping the stack", stop)
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError, errors.VeilfaceError) as exc:
+        log.error("veilface did not start: %s", exc)
+        status = 1
     finally:
-        stack.stop()
+        for signum in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
+        if not stack.stop(args.stop_timeout):
+            status = 1
+    sys.exit(status)
 
 
 if __name__ == "__main__":
