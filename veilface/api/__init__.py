@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from veilface.api import compreface, console, health, openapi, v1
+from veilface.api import compreface, console, health, index, openapi, v1
 from veilface.api import errors as error_handlers
 from veilface.api.gateway import Gateway
 from veilface.config import Settings, load_settings
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     error_handlers.register(app)
     health.register(app)
+    app.register_blueprint(index.blueprint)
     app.register_blueprint(v1.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(console.blueprint)

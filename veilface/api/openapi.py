@@ -219,6 +219,26 @@ def document() -> dict:
                     "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)},
                 },
             },
+            "/": {
+                "get": {
+                    "summary": "Front door: a browser is sent to /console/, a JSON client gets links",
+                    "security": [],
+                    "responses": {
+                        **_ok(
+                            {
+                                "type": "object",
+                                "required": ["name", "version", "links"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "version": {"type": "string"},
+                                    "links": {"type": "object"},
+                                },
+                            }
+                        ),
+                        "302": {"description": "redirect to the console (/console/)"},
+                    },
+                }
+            },
             "/healthz": {
                 "get": {"summary": "Liveness", "security": [], "responses": _ok({"type": "object"})}
             },
