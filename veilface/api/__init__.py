@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask("veilface")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.json.sort_keys = False
+    app.json = error_handlers.JSONProvider(app)
 
     engine = make_engine(settings)
     create_schema(engine)
