@@ -559,7 +559,7 @@ def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admi
     page.get_by_test_id("ckks-poly_modulus_degree").wait_for()
     assert page.get_by_test_id("status-workers-embedder").get_by_test_id("status-worker").count() >= 1
     assert page.get_by_test_id("status-workers-matcher").get_by_test_id("status-worker").count() >= 1
-    ready = requests.get(f"{stack.url}/readyz", timeout=30).json()["checks"]
+    ready = requests.get(f"{stack.url}/readyz", headers=admin_headers, timeout=30).json()["checks"]
     assert page.get_by_test_id("status-model-active").text_content() == ready["model"]["active"]
     shown = float(page.get_by_test_id("status-threshold").text_content())
     assert shown == pytest.approx(ready["model"]["threshold"], abs=5e-5)

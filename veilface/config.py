@@ -13,7 +13,7 @@ from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Fewest characters of an operator-chosen secret: ``VEILFACE_BOOTSTRAP_API_KEY``.
+#: Fewest characters of an operator-chosen secret: ``VEILFACE_BOOTSTRAP_API_KEY``, ``VEILFACE_METRICS_TOKEN``.
 MIN_SECRET_LENGTH = 24
 
 
@@ -55,6 +55,9 @@ class Settings:
     #: API key created with admin scope when the gateway starts (empty: none), at least
     #: :data:`MIN_SECRET_LENGTH` characters. Removing or changing it revokes the previous one.
     bootstrap_api_key: str = ""
+    #: Bearer token that may read ``/metrics`` (empty: only admin API keys may), at least
+    #: :data:`MIN_SECRET_LENGTH` characters.
+    metrics_token: str = ""
     #: Largest accepted upload in bytes.
     max_upload_bytes: int = 16 * 1024 * 1024
     #: Largest accepted image in pixels (width x height), checked before decoding.
@@ -123,7 +126,7 @@ class SettingError(ValueError):
 
 def check_secrets(settings: Settings) -> None:
     """Raise :class:`SettingError` for an operator-chosen secret shorter than :data:`MIN_SECRET_LENGTH`."""
-    for name in ("bootstrap_api_key",):
+    for name in ("bootstrap_api_key", "metrics_token"):
         value = getattr(settings, name)
         if value and len(value) < MIN_SECRET_LENGTH:
             raise SettingError(

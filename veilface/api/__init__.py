@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the gateway app: loads the secret key, creates the schema and bootstrap key.
 
-    Raises :class:`~veilface.config.SettingError` for a bootstrap key too short.
+    Raises :class:`~veilface.config.SettingError` for a bootstrap key or metrics token too short.
     """
     settings = settings or load_settings()
     check_secrets(settings)

@@ -224,16 +224,20 @@ def document() -> dict:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Readiness of database, broker, workers, keys and model",
-                    "security": [],
-                    "responses": {**_ok({"type": "object"}), "503": {"description": "not ready"}},
+                    "summary": "Readiness: {ready} for anyone; with an admin key, every check "
+                    "(database, broker, workers, keys, model)",
+                    "security": [{}, {"apiKey": []}, {"bearer": []}],
+                    "responses": {
+                        **_ok({"type": "object"}),
+                        "503": {"description": "not ready"},
+                        **_errors(401, 403),
+                    },
                 }
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "text"}},
+                    "summary": "Prometheus metrics, for an admin key or VEILFACE_METRICS_TOKEN",
+                    "responses": {"200": {"description": "text"}, **_errors(401, 403)},
                 }
             },
         },
