@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from veilface import __version__
+from veilface.projection import NAME_PATTERN
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -187,7 +188,9 @@ def document() -> dict:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"projection": {"type": ["string", "null"]}},
+                                    "properties": {
+                                        "projection": {"type": ["string", "null"], "pattern": NAME_PATTERN}
+                                    },
                                 }
                             }
                         },
