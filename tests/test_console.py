@@ -22,6 +22,12 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from sqlalchemy import select
+
+from veilface.config import load_settings
+from veilface.store.apikeys import create_api_key, revoke_api_key
+from veilface.store.db import make_engine, session_factory, session_scope
+from veilface.store.models import ApiKey
 
 CHROMIUM = Path(os.environ.get("VEILFACE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -559,7 +565,7 @@ def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admi
     page.get_by_test_id("ckks-poly_modulus_degree").wait_for()
     assert page.get_by_test_id("status-workers-embedder").get_by_test_id("status-worker").count() >= 1
     assert page.get_by_test_id("status-workers-matcher").get_by_test_id("status-worker").count() >= 1
-    ready = requests.get(f"{stack.url}/readyz", timeout=30).json()["checks"]
+    ready = requests.get(f"{stack.url}/readyz", headers=admin_headers, timeout=30).json()["checks"]
     assert page.get_by_test_id("status-model-active").text_content() == ready["model"]["active"]
     shown = float(page.get_by_test_id("status-threshold").text_content())
     assert shown == pytest.approx(ready["model"]["threshold"], abs=5e-5)
@@ -573,6 +579,28 @@ def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admi
     assert page.get_by_test_id("status-queue").count() >= 2
     page.screenshot(path=screenshots / "status.png", full_page=True)
     watch.assert_clean(admin_headers["X-API-Key"])
+
+
+def test_status_with_a_read_key_shows_readiness_without_worker_details(chromium, stack, mysql_redis_env):
+    """/readyz details need an admin key: the page falls back to the bare status and says so."""
+    sessions = session_factory(make_engine(load_settings(mysql_redis_env)))
+    with session_scope(sessions) as session:
+        key = create_api_key(session, "console-status-read", "read")
+    context = chromium.new_context(viewport=DESKTOP)
+    try:
+        page, watch = context.new_page(), Watch()
+        watch.attach(page)
+        sign_in(page, stack, key)
+        goto(page, stack, "status")
+        wait_for_text(page, "status-ready", "Worker details need an admin key", timeout=30_000)
+        assert page.get_by_test_id("status-ready").text_content().startswith("Ready")
+        assert page.get_by_test_id("status-workers-embedder").text_content() == "unknown"
+        watch.assert_clean(key)
+    finally:
+        context.close()
+        with session_scope(sessions) as session:
+            row = session.scalars(select(ApiKey).where(ApiKey.name == "console-status-read")).one()
+            revoke_api_key(session, row.id)
 
 
 # -- hostile names -----------------------------------------------------------------------------

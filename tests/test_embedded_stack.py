@@ -223,9 +223,10 @@ def test_unknown_gallery_is_404(embedded_stack, admin_headers, lfw_people):
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_gallery"
 
 
-def test_readyz_and_metrics(embedded_stack):
-    ready = requests.get(f"{embedded_stack.url}/readyz", timeout=10).json()
+def test_readyz_and_metrics(embedded_stack, admin_headers):
+    assert requests.get(f"{embedded_stack.url}/readyz", timeout=10).json() == {"ready": True}
+    ready = requests.get(f"{embedded_stack.url}/readyz", headers=admin_headers, timeout=10).json()
     assert ready["ready"] is True
     assert ready["checks"]["embedder"]["online"][0]["provider"] == "CPUExecutionProvider"
-    metrics = requests.get(f"{embedded_stack.url}/metrics", timeout=10).text
+    metrics = requests.get(f"{embedded_stack.url}/metrics", headers=admin_headers, timeout=10).text
     assert "veilface_http_requests_total" in metrics

@@ -725,7 +725,7 @@ def test_gateway_ignores_a_live_matcher_of_another_key_set_and_fails_readiness(f
         k="f" * 64,
     )
     try:
-        ready = requests.get(f"{faults.url}/readyz", timeout=10)
+        ready = requests.get(f"{faults.url}/readyz", headers=faults.headers, timeout=10)
         assert ready.status_code == 503
         assert ready.json()["checks"]["he_matcher"]["refused_foreign_keys"] == [name]
         # Never sent work: nobody consumes its queue, so a routed search would time out.
@@ -755,7 +755,8 @@ def test_embedder_of_another_model_version_is_refused(faults: Faults, tmp_path: 
         wait_for(lambda: " ready." in faults.logs.since_mark(name), 90, f"{name} to start")
 
         def refused() -> dict | None:
-            report = requests.get(f"{faults.url}/readyz", timeout=10).json()["checks"]["embedder"]
+            ready = requests.get(f"{faults.url}/readyz", headers=faults.headers, timeout=10)
+            report = ready.json()["checks"]["embedder"]
             return report if report["wrong_model_version"] else None
 
         report = wait_for(refused, 30, "readyz to report the stray embedder")

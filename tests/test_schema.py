@@ -8,7 +8,7 @@ import multiprocessing
 from sqlalchemy import create_engine, inspect, select
 
 from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
-from veilface.store.apikeys import create_api_key, hash_key
+from veilface.store.apikeys import hash_key, sync_bootstrap_key
 from veilface.store.db import create_schema, session_factory, session_scope, upsert_once
 from veilface.store.galleries import get_or_create_gallery, get_or_create_subject
 from veilface.store.models import ApiKey, Base, Gallery
@@ -75,10 +75,10 @@ def test_a_bootstrap_key_inserted_by_another_process_meanwhile_is_not_an_error()
         if len(attempts) == 1:  # between this look-up and this insert, the other process commits
             assert session.scalar(select(ApiKey)) is None
             with session_scope(sessions) as other:
-                create_api_key(other, "bootstrap", "admin", key="chosen-key")
+                sync_bootstrap_key(other, "chosen-key")
             session.add(ApiKey(name="bootstrap", key_hash=hash_key("chosen-key"), scope="admin"))
         else:
-            create_api_key(session, "bootstrap", "admin", key="chosen-key")
+            sync_bootstrap_key(session, "chosen-key")
 
     upsert_once(sessions, write)
     with session_scope(sessions) as session:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: Fewest characters of an operator-chosen secret: ``VEILFACE_BOOTSTRAP_API_KEY``, ``VEILFACE_METRICS_TOKEN``.
+MIN_SECRET_LENGTH = 24
+
 
 def _default_var_dir() -> Path:
     return _REPO_ROOT / "var"
@@ -49,8 +52,12 @@ class Settings:
     flip_fusion: bool = True
     #: Threads ONNX Runtime may use per session.
     onnx_threads: int = 1
-    #: API key created with admin scope when the gateway starts (empty: none).
+    #: API key created with admin scope when the gateway starts (empty: none), at least
+    #: :data:`MIN_SECRET_LENGTH` characters. Removing or changing it revokes the previous one.
     bootstrap_api_key: str = ""
+    #: Bearer token that may read ``/metrics`` (empty: only admin API keys may), at least
+    #: :data:`MIN_SECRET_LENGTH` characters.
+    metrics_token: str = ""
     #: Largest accepted upload in bytes.
     max_upload_bytes: int = 16 * 1024 * 1024
     #: Largest accepted image in pixels (width x height), checked before decoding.
@@ -111,6 +118,21 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return self.shared_dir / "data"
+
+
+class SettingError(ValueError):
+    """A setting has a value the service refuses to start with; the message names the variable."""
+
+
+def check_secrets(settings: Settings) -> None:
+    """Raise :class:`SettingError` for an operator-chosen secret shorter than :data:`MIN_SECRET_LENGTH`."""
+    for name in ("bootstrap_api_key", "metrics_token"):
+        value = getattr(settings, name)
+        if value and len(value) < MIN_SECRET_LENGTH:
+            raise SettingError(
+                f"VEILFACE_{name.upper()} has {len(value)} characters, fewer than {MIN_SECRET_LENGTH}: "
+                "choose a long random one (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
 
 
 def _parse(kind: type | str, raw: str):

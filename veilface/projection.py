@@ -11,6 +11,7 @@ with templates of the plain model.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,26 @@ import numpy as np
 from veilface import errors
 
 SEPARATOR = ":"
+#: A projection is the file ``<name>.npz`` in the registry's projections folder, so its name is a
+#: plain lower-case name (no path separator, no ``..``), never a path.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+#: The same rule as a JSON Schema pattern, for the OpenAPI document.
+NAME_PATTERN = f"^{_NAME.pattern}$"
+
+
+def checked_name(name: str) -> str:
+    """``name`` if it may name a projection; raises BadRequest otherwise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise errors.BadRequest(
+            "a projection name is 1-64 characters of a-z, 0-9, '_', '.' and '-', starting with a letter "
+            "or digit, without '..'"
+        )
+    return name
+
+
+def _file(folder: Path, name: str) -> Path:
+    """The file of projection ``name``: always directly inside ``folder``."""
+    return folder / f"{checked_name(name)}.npz"
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,9 @@ class Projection:
     mean: np.ndarray
     matrix: np.ndarray
     threshold: float
+
+    def __post_init__(self) -> None:
+        checked_name(self.name)
 
     @property
     def dim(self) -> int:
@@ -48,14 +72,16 @@ class Projection:
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}.npz"
+        path = _file(folder, self.name)
         meta = json.dumps({"base_version": self.base_version, "threshold": self.threshold})
         np.savez(path, mean=self.mean, matrix=self.matrix, meta=np.array(meta))
         return path
 
     @classmethod
     def load(cls, folder: Path, name: str) -> Projection:
-        path = folder / f"{name}.npz"
+        """The projection saved as ``name`` in ``folder``; BadRequest for a name that is not one,
+        NotFound for one never saved."""
+        path = _file(folder, name)
         if not path.exists():
             raise errors.NotFound(f"projection {name!r} is not registered")
         with np.load(path) as data:

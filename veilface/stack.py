@@ -118,14 +118,19 @@ class Stack:
         return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> dict:
-        """Poll ``/readyz`` until every check passes; raise with the last report otherwise."""
+        """Poll ``/readyz`` until every check passes; raise with the last report otherwise.
+
+        With a bootstrap key in the environment the report has every check, else only ``ready``.
+        """
+        key = self.env.get("VEILFACE_BOOTSTRAP_API_KEY")
+        headers = {"X-API-Key": key} if key else {}
         deadline, report = time.monotonic() + timeout_s, {}
         while time.monotonic() < deadline:
             for name, proc in self.processes.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with status {proc.returncode}")
             try:
-                response = requests.get(f"{self.url}/readyz", timeout=5)
+                response = requests.get(f"{self.url}/readyz", headers=headers, timeout=5)
                 report = response.json()
                 if response.status_code == 200:
                     return report

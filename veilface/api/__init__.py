@@ -9,11 +9,11 @@ from flask import Flask
 from veilface.api import compreface, console, health, index, openapi, v1
 from veilface.api import errors as error_handlers
 from veilface.api.gateway import Gateway
-from veilface.config import Settings, load_settings
+from veilface.config import Settings, check_secrets, load_settings
 from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
-from veilface.store.apikeys import create_api_key
+from veilface.store.apikeys import sync_bootstrap_key
 from veilface.store.db import create_schema, make_engine, session_factory, upsert_once
 from veilface.workers import announce_key_set
 
@@ -21,17 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the gateway app: loads the secret key, creates the schema and bootstrap key."""
+    """Build the gateway app: loads the secret key, creates the schema and bootstrap key.
+
+    Raises :class:`~veilface.config.SettingError` for a bootstrap key or metrics token too short.
+    """
     settings = settings or load_settings()
+    check_secrets(settings)
     app = Flask("veilface")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.json.sort_keys = False
+    app.json = error_handlers.JSONProvider(app)
 
     engine = make_engine(settings)
     create_schema(engine)
     sessions = session_factory(engine)
-    if key := settings.bootstrap_api_key:
-        upsert_once(sessions, lambda session: create_api_key(session, "bootstrap", "admin", key=key))
+    upsert_once(sessions, lambda session: sync_bootstrap_key(session, settings.bootstrap_api_key))
 
     keys = SecretContext.load(settings.secret_context_path)
     # Workers compare their public context with this; one of another key set refuses to run.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError
@@ -15,6 +16,23 @@ from veilface import errors
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with keys in the order written and a body nested too deeply refused as a 400.
+
+    Python's decoder recurses once per level: ``"[" * 100000`` exhausts the stack, and the
+    ``RecursionError`` would escape even ``get_json(silent=True)``.
+    """
+
+    sort_keys = False
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            log.warning("refused a JSON body nested too deeply")
+            raise errors.BadRequest("the JSON body is nested too deeply") from None
 
 
 def error_response(exc: errors.VeilfaceError):

@@ -1,13 +1,20 @@
-"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``)."""
+"""Liveness (``/healthz``), readiness (``/readyz``) and Prometheus metrics (``/metrics``).
+
+``/healthz`` and a bare ``/readyz`` (``{"ready": bool}``) answer anyone: they say nothing about the
+deployment. The detailed readiness report (worker names, model, threshold, key fingerprint) needs an
+admin API key; ``/metrics`` needs an admin API key or ``VEILFACE_METRICS_TOKEN`` as a bearer token.
+"""
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
 
+from veilface.api.auth import presented_key, require_key
 from veilface.workers import EMBEDDER, MATCHER, live_workers
 
 REQUESTS = Counter("veilface_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
@@ -64,6 +71,43 @@ def _check_embedder_model(gateway) -> dict:
     return result
 
 
+def _readiness_report() -> tuple[bool, dict]:
+    """Whether every check passes, and each check by name with its ``ok`` (a check that raises
+    fails with its exception's name)."""
+    gateway = current_app.extensions["veilface"]
+    checks = {
+        "database": _check_database,
+        "broker": _check_broker,
+        "embedder": _check_embedder_model,
+        "he_matcher": lambda gw: _check_workers(gw, MATCHER),
+        "model": _check_model,
+    }
+    report: dict = {"keys": {"ok": True, "fingerprint": gateway.keys.fingerprint}}
+    for name, check in checks.items():
+        try:
+            report[name] = check(gateway)
+        except Exception as exc:
+            report[name] = {"ok": False, "error": type(exc).__name__}
+    return all(item["ok"] for item in report.values()), report
+
+
+@require_key("admin")
+def _detailed_readiness():
+    ready, report = _readiness_report()
+    return jsonify({"ready": ready, "checks": report}), 200 if ready else 503
+
+
+def _metrics_text() -> Response:
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+_admin_metrics_text = require_key("admin")(_metrics_text)
+
+
+def _is_metrics_token(token: str | None, expected: str) -> bool:
+    return bool(token and expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
 def register(app: Flask) -> None:
     @app.before_request
     def _start_timer() -> None:
@@ -82,23 +126,16 @@ def register(app: Flask) -> None:
 
     @app.get("/readyz")
     def readyz():
-        gateway = current_app.extensions["veilface"]
-        checks = {
-            "database": _check_database,
-            "broker": _check_broker,
-            "embedder": _check_embedder_model,
-            "he_matcher": lambda gw: _check_workers(gw, MATCHER),
-            "model": _check_model,
-        }
-        report: dict = {"keys": {"ok": True, "fingerprint": gateway.keys.fingerprint}}
-        for name, check in checks.items():
-            try:
-                report[name] = check(gateway)
-            except Exception as exc:
-                report[name] = {"ok": False, "error": type(exc).__name__}
-        ready = all(item["ok"] for item in report.values())
-        return jsonify({"ready": ready, "checks": report}), 200 if ready else 503
+        """``{"ready": bool}`` for anyone; with an API key, which must be an admin one, every check."""
+        if presented_key() is not None:
+            return _detailed_readiness()
+        ready, _ = _readiness_report()
+        return jsonify({"ready": ready}), 200 if ready else 503
 
     @app.get("/metrics")
     def metrics():
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        """Prometheus metrics, for the metrics token or an admin API key."""
+        token = current_app.extensions["veilface"].settings.metrics_token
+        if _is_metrics_token(presented_key(), token):
+            return _metrics_text()
+        return _admin_metrics_text()

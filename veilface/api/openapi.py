@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from veilface import __version__
+from veilface.projection import NAME_PATTERN
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -187,7 +188,9 @@ def document() -> dict:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"projection": {"type": ["string", "null"]}},
+                                    "properties": {
+                                        "projection": {"type": ["string", "null"], "pattern": NAME_PATTERN}
+                                    },
                                 }
                             }
                         },
@@ -244,16 +247,20 @@ def document() -> dict:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Readiness of database, broker, workers, keys and model",
-                    "security": [],
-                    "responses": {**_ok({"type": "object"}), "503": {"description": "not ready"}},
+                    "summary": "Readiness: {ready} for anyone; with an admin key, every check "
+                    "(database, broker, workers, keys, model)",
+                    "security": [{}, {"apiKey": []}, {"bearer": []}],
+                    "responses": {
+                        **_ok({"type": "object"}),
+                        "503": {"description": "not ready"},
+                        **_errors(401, 403),
+                    },
                 }
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "text"}},
+                    "summary": "Prometheus metrics, for an admin key or VEILFACE_METRICS_TOKEN",
+                    "responses": {"200": {"description": "text"}, **_errors(401, 403)},
                 }
             },
         },

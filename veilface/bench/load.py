@@ -278,7 +278,8 @@ class Client:
 def _wait_matchers(stack: Stack, count: int, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        report = requests.get(f"{stack.url}/readyz", timeout=10).json()
+        headers = {"X-API-Key": stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
+        report = requests.get(f"{stack.url}/readyz", headers=headers, timeout=10).json()
         if len(report["checks"]["he_matcher"]["online"]) == count and report["ready"]:
             return
         time.sleep(1)

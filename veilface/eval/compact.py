@@ -20,7 +20,7 @@ from veilface.eval.calibration import Calibration, calibrate
 from veilface.eval.extract import FaceExtractor
 from veilface.eval.variants import Variant
 from veilface.eval.verify import embed_images
-from veilface.projection import Projection, fit_pca
+from veilface.projection import Projection, checked_name, fit_pca
 from veilface.registry import ModelRegistry
 
 
@@ -39,6 +39,7 @@ def fit_projection(
     The threshold is rounded up to four decimals, so that its FMR stays at or below the target.
     Returns the saved projection and its calibration.
     """
+    checked_name(name)  # before minutes of embedding
     if not 1 < identities <= benchmarks.CFP_DEV_IDENTITIES:
         raise ValueError(f"identities must be 2 to {benchmarks.CFP_DEV_IDENTITIES}, got {identities}")
     registry = ModelRegistry(settings)

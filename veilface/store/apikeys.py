@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 
 from sqlalchemy import select
@@ -10,6 +11,11 @@ from sqlalchemy.orm import Session
 
 from veilface import errors
 from veilface.store.models import API_KEY_SCOPES, ApiKey, utcnow
+
+log = logging.getLogger(__name__)
+
+#: Name of the key ``VEILFACE_BOOTSTRAP_API_KEY`` creates, reserved for it.
+BOOTSTRAP_NAME = "bootstrap"
 
 
 def hash_key(key: str) -> str:
@@ -21,9 +27,33 @@ def create_api_key(
 ) -> str:
     """Store a new key and return it in the clear (the only time it is visible).
 
-    ``key`` lets an operator choose the key (``VEILFACE_BOOTSTRAP_API_KEY``); creating
-    the same key twice is a no-op.
+    ``key`` lets an operator choose the key; creating the same key twice is a no-op. The name
+    :data:`BOOTSTRAP_NAME` is reserved for :func:`sync_bootstrap_key`.
     """
+    if name == BOOTSTRAP_NAME:
+        raise errors.BadRequest(f"the key name {BOOTSTRAP_NAME!r} is reserved for VEILFACE_BOOTSTRAP_API_KEY")
+    return _store_key(session, name, scope, gallery=gallery, key=key)
+
+
+def sync_bootstrap_key(session: Session, key: str) -> None:
+    """Make ``key`` (``VEILFACE_BOOTSTRAP_API_KEY``; empty: none) the only live bootstrap key.
+
+    A bootstrap key whose variable was removed or changed is revoked; a revoked one stays revoked
+    even if the variable names it again.
+    """
+    digest = hash_key(key) if key else None
+    live = select(ApiKey).where(ApiKey.name == BOOTSTRAP_NAME, ApiKey.revoked_at.is_(None))
+    for row in session.scalars(live):
+        if row.key_hash != digest:
+            row.revoked_at = utcnow()
+            log.warning("revoked bootstrap API key %d: VEILFACE_BOOTSTRAP_API_KEY no longer names it", row.id)
+    if key:
+        _store_key(session, BOOTSTRAP_NAME, "admin", key=key)
+
+
+def _store_key(
+    session: Session, name: str, scope: str, *, gallery: str | None = None, key: str | None = None
+) -> str:
     if scope not in API_KEY_SCOPES:
         raise errors.BadRequest(f"scope must be one of {', '.join(API_KEY_SCOPES)}")
     key = key or secrets.token_urlsafe(32)

@@ -1059,14 +1059,19 @@
       busy(refresh, true);
       let report = null;
       try {
-        const { response, payload } = await request("GET", apiUrl("/readyz"), {});
+        // Every check needs an admin key; a read key gets readiness alone, asked without the key.
+        let { response, payload } = await request("GET", apiUrl("/readyz"), { "X-API-Key": apiKey() });
+        const detailed = response.status !== 403;
+        if (!detailed) ({ response, payload } = await request("GET", apiUrl("/readyz"), {}));
         report = payload;
         const failing = Object.entries((payload && payload.checks) || {})
           .filter(([, c]) => !c.ok)
           .map(([name]) => name);
-        ready.textContent = response.ok
-          ? "Ready: every check passes."
-          : "Not ready: " + (failing.join(", ") || "status " + response.status) + ".";
+        ready.textContent =
+          (response.ok
+            ? "Ready: every check passes."
+            : "Not ready: " + (failing.join(", ") || "status " + response.status) + ".") +
+          (detailed ? "" : " Worker details need an admin key.");
         ready.className = "summary notice " + (response.ok ? "" : "error");
       } catch (err) {
         ready.textContent = describe(err);
