@@ -14,21 +14,24 @@ from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
 from veilface.store.apikeys import create_api_key
-from veilface.store.db import create_schema, make_engine, session_factory, upsert_once
+from veilface.store.db import make_engine, require_schema, session_factory, upsert_once
 from veilface.workers import announce_key_set
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the gateway app: loads the secret key, creates the schema and bootstrap key."""
+    """Build the gateway app: loads the secret key, creates the bootstrap key.
+
+    The schema must exist (``veilface db migrate``): the gateway holds no DDL right.
+    """
     settings = settings or load_settings()
     app = Flask("veilface")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False
 
     engine = make_engine(settings)
-    create_schema(engine)
+    require_schema(engine)
     sessions = session_factory(engine)
     if key := settings.bootstrap_api_key:
         upsert_once(sessions, lambda session: create_api_key(session, "bootstrap", "admin", key=key))
