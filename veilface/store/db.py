@@ -62,11 +62,13 @@ def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables)
 
     A MySQL account sees only the tables it holds a right on, so a service names the ones it uses.
     """
-    missing = set(tables) - set(inspect(engine).get_table_names())
+    wanted = set(tables)
+    missing = wanted - set(inspect(engine).get_table_names())
     if missing:
+        lacks = "no Veilface table" if missing == wanted else f"no table {', '.join(sorted(missing))}"
         raise errors.SchemaMissing(
-            f"the database {engine.url.database or ''} lacks table(s) {', '.join(sorted(missing))}, or "
-            "this account holds no right on them: run `veilface db migrate`"
+            f"the database {engine.url.database or ''} has {lacks}, or this account holds no right on "
+            "it: run `veilface db migrate`"
         )
 
 

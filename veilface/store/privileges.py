@@ -6,6 +6,10 @@ subjects and delta templates; an he-matcher folds delta templates into packed bl
 worker can read or write ``api_keys`` or ``audit_log``, and no service has a DDL right. Column lists
 narrow updates further: a matcher may change a template's state and ciphertext, never its subject.
 SQLite has no accounts: there every process holds every right (the embedded defaults).
+
+Checked on MariaDB 10.11 (the tests' and the compose file's server). MySQL 8.0.22 and later also
+want an UPDATE, DELETE or LOCK TABLES right for a locking read, which the embedder makes on
+``subjects`` when it loses the race to create a subject; on MySQL that path is refused.
 """
 
 from __future__ import annotations
