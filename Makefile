@@ -76,7 +76,8 @@ train: install-train
 	$(PY) -m veilface.train --data $(DATA) --config $(CONFIG)
 
 compose-config:
-	MYSQL_PASSWORD=example MYSQL_ROOT_PASSWORD=example docker-compose -f deploy/docker-compose.yml config --quiet
+	MYSQL_ROOT_PASSWORD=example MYSQL_GATEWAY_PASSWORD=example MYSQL_EMBEDDER_PASSWORD=example \
+		MYSQL_MATCHER_PASSWORD=example docker-compose -f deploy/docker-compose.yml config --quiet
 
 clean:
 	rm -rf var results .pytest_cache

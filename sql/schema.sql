@@ -2,6 +2,8 @@
 -- The single source of truth for the schema; veilface/store/models.py mirrors it and
 -- tests/test_schema.py checks that the two agree. No table holds an image or a
 -- plaintext template: templates exist only as CKKS ciphertexts.
+-- `veilface db migrate` runs it (the services hold no DDL right) and grants each service's
+-- account its rights on these tables (veilface/store/privileges.py).
 
 CREATE TABLE IF NOT EXISTS galleries (
     id BIGINT NOT NULL AUTO_INCREMENT,

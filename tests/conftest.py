@@ -20,6 +20,9 @@ MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
 REDIS_URL = os.environ.get("VEILFACE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}")
 MYSQL_DATABASE = f"veilface_test_{os.getpid()}"
 ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
+#: The services with a database account of their own (``veilface db migrate`` creates them).
+SERVICES = ("gateway", "embedder", "matcher")
+SERVICE_PASSWORD = uuid.uuid4().hex
 
 
 def free_port() -> int:
@@ -47,8 +50,24 @@ def fresh_mysql_database(name: str) -> str:
     return f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{name}?charset=utf8mb4"
 
 
+def service_accounts(database: str, port: int = 3306) -> dict[str, str]:
+    """``VEILFACE_<SERVICE>_DATABASE_URL`` of each service: an account of its own on ``database``
+    (named after it, so parallel test sessions and databases never share one)."""
+    return {
+        f"VEILFACE_{service.upper()}_DATABASE_URL": (
+            f"mysql+mysqldb://{database}_{service}:{SERVICE_PASSWORD}@{MYSQL_HOST}:{port}/{database}"
+            "?charset=utf8mb4"
+        )
+        for service in SERVICES
+    }
+
+
 def drop_mysql_database(name: str) -> None:
-    _mysql(f"DROP DATABASE IF EXISTS `{name}`")
+    """Drop database ``name`` and the services' accounts on it."""
+    _mysql(
+        f"DROP DATABASE IF EXISTS `{name}`",
+        *(f"DROP USER IF EXISTS '{name}_{service}'@'%'" for service in SERVICES),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +133,11 @@ def _run_stack(env: dict[str, str], var_dir: Path, matchers: int = 1) -> Iterato
 
 @pytest.fixture(scope="session")
 def mysql_redis_env(tmp_path_factory, key_dir: Path) -> Iterator[dict[str, str]]:
-    """Production backends: a fresh MariaDB database and a flushed Redis database."""
+    """Production backends: a fresh MariaDB database and a flushed Redis database.
+
+    ``VEILFACE_DATABASE_URL`` is root's (the migration and the tests' own looks); the gateway and
+    the workers each connect with their own least-privilege account (see ``service_accounts``).
+    """
     redis.Redis.from_url(REDIS_URL).flushdb()
     var_dir = tmp_path_factory.mktemp("var-mysql")
     yield _stack_env(
@@ -122,6 +145,7 @@ def mysql_redis_env(tmp_path_factory, key_dir: Path) -> Iterator[dict[str, str]]
         key_dir,
         VEILFACE_DATABASE_URL=fresh_mysql_database(MYSQL_DATABASE),
         VEILFACE_BROKER_URL=REDIS_URL,
+        **service_accounts(MYSQL_DATABASE),
     )
     drop_mysql_database(MYSQL_DATABASE)
 

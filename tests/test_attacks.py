@@ -39,7 +39,7 @@ from veilface.api import openapi
 from veilface.config import load_settings
 from veilface.errors import ImageTooLarge, InvalidImage
 from veilface.face.image import decode_image
-from veilface.stack import SERVICES
+from veilface.stack import SERVICES, service_env
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key, hash_key
 from veilface.store.db import make_engine, session_factory, session_scope
@@ -546,7 +546,8 @@ def test_audit_log_records_enrollment_search_and_deletion_without_content(attack
 def limited_gateway(mysql_redis_env, tmp_path) -> Iterator[str]:
     """A second gunicorn gateway (2 processes) on the shared database and Redis, 20 requests/min."""
     bind = f"127.0.0.1:{free_port()}"
-    env = {**mysql_redis_env, "VEILFACE_RATE_LIMIT_PER_MINUTE": "20", "VEILFACE_BIND": bind}
+    env = service_env(mysql_redis_env, "gateway")  # the gateway's own database account
+    env.update(VEILFACE_RATE_LIMIT_PER_MINUTE="20", VEILFACE_BIND=bind)
     with (tmp_path / "gateway.log").open("wb") as log:
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -2,7 +2,8 @@
 
 Runs ``docker-compose config`` (the Debian ``docker-compose`` package; no Docker engine is
 needed) and checks the rendered file: only the gateway can read ``secret.ctx``, the
-he-matcher never sees ``queue.key``, the embedder reserves a GPU, the matcher scales.
+he-matcher never sees ``queue.key``, the embedder reserves a GPU, the matcher scales, and each
+service connects to MariaDB with its own account while only ``migrate`` holds root's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 KEY_VOLUMES = ("keys-secret", "keys-embedder", "keys-matcher")
+PASSWORDS = {
+    "MYSQL_ROOT_PASSWORD": "test-root-pw",
+    "MYSQL_GATEWAY_PASSWORD": "test-gateway-pw",
+    "MYSQL_EMBEDDER_PASSWORD": "test-embedder-pw",
+    "MYSQL_MATCHER_PASSWORD": "test-matcher-pw",
+}
 
 
 def _compose(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -59,7 +66,7 @@ def _block(lines: list[str], key: str, indent: int) -> list[str]:
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, str]:
     """Each service of the rendered compose file, as its block of text."""
-    result = _compose("config", MYSQL_PASSWORD="test-pw", MYSQL_ROOT_PASSWORD="test-root-pw")
+    result = _compose("config", **PASSWORDS)
     assert result.returncode == 0, result.stderr
     services = _block(result.stdout.splitlines(), "services", 0)
     blocks: dict[str, list[str]] = {}
@@ -81,13 +88,40 @@ def _key_mounts(block: str) -> dict[str, str]:
 
 
 def test_compose_config_is_valid(rendered: dict[str, str]) -> None:
-    assert set(rendered) == {"keys", "gateway", "embedder", "he-matcher", "trainer", "redis", "mysql"}
+    services = {"keys", "migrate", "gateway", "embedder", "he-matcher", "trainer", "redis", "mysql"}
+    assert set(rendered) == services
 
 
-def test_passwords_are_required_not_defaulted() -> None:
-    result = _compose("config")
-    assert result.returncode != 0
-    assert "MYSQL_PASSWORD" in result.stderr or "MYSQL_ROOT_PASSWORD" in result.stderr
+@pytest.mark.parametrize("missing", sorted(PASSWORDS))
+def test_passwords_are_required_not_defaulted(missing: str) -> None:
+    result = _compose("config", **{k: v for k, v in PASSWORDS.items() if k != missing})
+    assert result.returncode != 0 and missing in result.stderr
+
+
+def _database_urls(block: str) -> dict[str, str]:
+    return {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+        for line in block.splitlines()
+        if line.strip().startswith("VEILFACE_") and "DATABASE_URL:" in line
+    }
+
+
+def test_each_service_connects_with_its_own_account_and_only_migrate_as_root(rendered: dict[str, str]):
+    accounts = {"gateway": "gateway", "embedder": "embedder", "he-matcher": "matcher"}
+    for service, account in accounts.items():
+        url = f"mysql+mysqldb://veilface_{account}:test-{account}-pw@mysql:3306/veilface?charset=utf8mb4"
+        assert _database_urls(rendered[service]) == {"VEILFACE_DATABASE_URL": url}, service
+        assert "migrate:" in "\n".join(_block(rendered[service].splitlines(), "depends_on", 4)), service
+    migrate = rendered["migrate"]
+    assert _list(migrate, "command") == ["veilface", "db", "migrate"]
+    urls = _database_urls(migrate)
+    assert urls.pop("VEILFACE_DATABASE_URL").startswith("mysql+mysqldb://root:test-root-pw@mysql:3306/")
+    assert urls == {
+        f"VEILFACE_{account.upper()}_DATABASE_URL": _database_urls(rendered[service])["VEILFACE_DATABASE_URL"]
+        for service, account in accounts.items()
+    }
+    holders = {name for name, block in rendered.items() if "test-root-pw" in block}
+    assert holders == {"migrate", "mysql"}
 
 
 def test_only_the_gateway_reads_the_secret_key(rendered: dict[str, str]) -> None:
@@ -154,12 +188,9 @@ def test_shared_data_is_read_only_and_stores_are_configured(rendered: dict[str, 
                 assert volume.endswith(":/shared:ro"), (name, volume)
     mysql = rendered["mysql"]
     assert "--max-allowed-packet=256M" in mysql and "--character-set-server=utf8mb4" in mysql
-    assert any(
-        v.endswith("/sql/schema.sql:/docker-entrypoint-initdb.d/01-schema.sql:ro")
-        for v in _list(mysql, "volumes")
-    )
+    # No schema at MariaDB's first start: `migrate` runs the DDL.
+    assert all("docker-entrypoint-initdb.d" not in volume for volume in _list(mysql, "volumes"))
     assert _list(rendered["trainer"], "profiles") == ["train"]
-    assert "mysql+mysqldb://veilface:test-pw@mysql:3306/veilface" in rendered["gateway"]
     assert "VEILFACE_BROKER_URL: redis://redis:6379/0" in rendered["gateway"]
 
 

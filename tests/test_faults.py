@@ -39,6 +39,7 @@ from tests.conftest import (
     free_port,
     fresh_mysql_database,
     new_key_set,
+    service_accounts,
 )
 from veilface import errors
 from veilface.api import create_app
@@ -371,6 +372,7 @@ def faults(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Faults]:
         folder / "var",
         key_dir,
         VEILFACE_DATABASE_URL=f"mysql+mysqldb://root@127.0.0.1:{proxy.port}/{database}?charset=utf8mb4",
+        **service_accounts(database, port=proxy.port),
         VEILFACE_BROKER_URL=private_redis.url,
         VEILFACE_TASK_TIMEOUT_S=str(TASK_TIMEOUT_S),
         VEILFACE_BROKER_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
@@ -876,6 +878,7 @@ def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: P
         tmp_path / "var",
         key_dir,
         VEILFACE_DATABASE_URL=fresh_mysql_database(restored_db),
+        **service_accounts(restored_db),
         VEILFACE_BROKER_URL=f"redis://127.0.0.1:{faults.redis.port}/1",
         VEILFACE_TASK_TIMEOUT_S=str(TASK_TIMEOUT_S),
         VEILFACE_WORKER_TTL_S=str(WORKER_TTL_S),

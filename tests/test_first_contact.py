@@ -127,6 +127,7 @@ def test_a_child_that_ignores_sigterm_is_killed_and_the_exit_status_says_so(tmp_
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)",
         ],
         tmp_path,
+        "stubborn",
     )
     time.sleep(0.5)  # let it install its handler
     pid = stack.processes["stubborn"].pid

@@ -1,4 +1,5 @@
-"""The ``veilface`` command line (also ``python -m veilface``): keys, API keys, galleries, models, eval.
+"""The ``veilface`` command line (also ``python -m veilface``): database, keys, API keys, galleries,
+models, eval.
 
 Key commands run where the gateway runs: they write the secret key file.
 """
@@ -17,12 +18,12 @@ from veilface.config import Settings, load_settings
 from veilface.registry import ModelRegistry
 from veilface.store import apikeys
 from veilface.store import galleries as store
-from veilface.store.db import create_schema, make_engine, session_factory, session_scope
+from veilface.store.db import create_schema, make_engine, require_schema, session_factory, session_scope
 
 
 def _sessions(settings: Settings):
     engine = make_engine(settings)
-    create_schema(engine)
+    require_schema(engine)
     return session_factory(engine)
 
 
@@ -31,6 +32,41 @@ def _sessions(settings: Settings):
 def main(ctx: click.Context) -> None:
     """Veilface: face recognition on CKKS-encrypted templates."""
     ctx.obj = load_settings()
+
+
+@main.group()
+def db() -> None:
+    """The ciphertext store's schema and the services' accounts."""
+
+
+@db.command("migrate")
+@click.pass_obj
+def db_migrate(settings: Settings) -> None:
+    """Create the missing tables; on MySQL/MariaDB also each service's account with only its rights.
+
+    Run it with an administrator's VEILFACE_DATABASE_URL (one that may create tables, accounts
+    and grants) before the stack starts and after each upgrade; it is idempotent. Each account
+    comes from VEILFACE_GATEWAY_DATABASE_URL, VEILFACE_EMBEDDER_DATABASE_URL and
+    VEILFACE_MATCHER_DATABASE_URL (user and password); the rights are in veilface/store/privileges.py.
+    """
+    from veilface.store.privileges import apply_grants
+
+    engine = make_engine(settings)
+    create_schema(engine)
+    click.echo(f"schema: {engine.dialect.name} database {engine.url.database} is up to date")
+    accounts = settings.service_database_urls
+    if not accounts:
+        return
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        click.echo(f"accounts: {engine.dialect.name} has none; every process holds every right")
+        return
+    try:
+        with engine.begin() as conn:
+            users = apply_grants(conn, accounts)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for service, user in users.items():
+        click.echo(f"account {user}: the {service}'s rights only")
 
 
 @main.group()

@@ -34,6 +34,13 @@ class Settings:
     shared_dir: Path = _REPO_ROOT.parent / "shared"
     #: SQLAlchemy URL of the ciphertext store; empty means ``sqlite:///{var_dir}/veilface.db``.
     database_url: str = ""
+    #: Database URL of the gateway, the embedders and the he-matchers, each with its own account
+    #: (MySQL/MariaDB). ``veilface db migrate`` creates these accounts with only the rights their
+    #: service needs, and the local stack (``veilface.stack``) starts each process with its own;
+    #: empty: the service uses ``database_url``.
+    gateway_database_url: str = ""
+    embedder_database_url: str = ""
+    matcher_database_url: str = ""
     #: Celery broker; empty means kombu's SQLAlchemy transport on ``{var_dir}/queue.db``.
     broker_url: str = ""
     #: Celery result backend; empty means the broker for Redis, else ``db+sqlite:///{var_dir}/results.db``.
@@ -77,6 +84,16 @@ class Settings:
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.var_dir / 'veilface.db'}"
+
+    @property
+    def service_database_urls(self) -> dict[str, str]:
+        """``service -> URL`` for each service given an account of its own."""
+        urls = {
+            "gateway": self.gateway_database_url,
+            "embedder": self.embedder_database_url,
+            "matcher": self.matcher_database_url,
+        }
+        return {service: url for service, url in urls.items() if url}
 
     @property
     def celery_broker_url(self) -> str:

@@ -111,6 +111,12 @@ class KeyMismatch(VeilfaceError):
     code, status = "key_mismatch", 503
 
 
+class SchemaMissing(VeilfaceError):
+    """The database lacks the Veilface schema; run `veilface db migrate`."""
+
+    code, status = "schema_missing", 503
+
+
 class SecretKeyInPublicContext(VeilfaceError):
     """A worker was handed a context that holds the secret key; it refuses to start."""
 

@@ -3,7 +3,9 @@
 The gateway runs under gunicorn; each embedder and he-matcher is its own Celery worker
 process. With no settings the stack uses the embedded defaults (SQLite file, SQLite-backed
 queue); with ``VEILFACE_DATABASE_URL`` and ``VEILFACE_BROKER_URL`` the same processes run
-on MySQL/MariaDB and Redis.
+on MySQL/MariaDB and Redis. Before starting them the stack runs ``veilface db migrate`` with
+``VEILFACE_DATABASE_URL``; a service given an account of its own
+(``VEILFACE_GATEWAY_DATABASE_URL``, ...) connects with that one and sees no other URL.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ def ensure_keys(settings: Settings, env: dict[str, str]) -> None:
         subprocess.run([sys.executable, "-m", "veilface", "keys", "init"], env=env, check=True)
 
 
+def migrate(env: dict[str, str]) -> None:
+    """Create the schema and the services' accounts (``veilface db migrate`` is idempotent)."""
+    subprocess.run([sys.executable, "-m", "veilface", "db", "migrate"], env=env, check=True)
+
+
+def service_env(env: dict[str, str], service: str) -> dict[str, str]:
+    """``env`` for one service: its own database URL, if it has one, and no other service's."""
+    urls = load_settings(env).service_database_urls
+    env = {k: v for k, v in env.items() if k not in {f"VEILFACE_{s.upper()}_DATABASE_URL" for s in urls}}
+    if service in urls:
+        env["VEILFACE_DATABASE_URL"] = urls[service]
+    return env
+
+
 @dataclass
 class Stack:
     """The gateway, ``embedders`` embedder workers and ``matchers`` he-matcher workers."""
@@ -60,7 +76,7 @@ class Stack:
     def url(self) -> str:
         return f"http://{self.bind}"
 
-    def _spawn(self, name: str, argv: list[str], cwd: Path) -> None:
+    def _spawn(self, name: str, argv: list[str], cwd: Path, service: str) -> None:
         out = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +88,7 @@ class Stack:
             self.processes[name] = subprocess.Popen(
                 argv,
                 cwd=cwd,
-                env=self.env,
+                env=service_env(self.env, service),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -102,15 +118,17 @@ class Stack:
             "--loglevel",
             "INFO",
         ]
-        self._spawn(name, argv, SERVICES / folder)
+        self._spawn(name, argv, SERVICES / folder, kind)
         return name
 
     def start(self) -> Stack:
         settings = load_settings(self.env)
         self.env.update(path_environ(settings))
         ensure_keys(settings, self.env)
+        migrate(self.env)
         self.env["VEILFACE_BIND"] = self.bind
-        self._spawn("gateway", [_bin("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], SERVICES / "gateway")
+        gunicorn = [_bin("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+        self._spawn("gateway", gunicorn, SERVICES / "gateway", "gateway")
         for i in range(1, self.embedders + 1):
             self.start_worker("embedder", i)
         for i in range(1, self.matchers + 1):

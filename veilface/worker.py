@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from veilface import errors
 from veilface.config import Settings
 from veilface.crypto.public import PublicContext
-from veilface.store.db import create_schema, make_engine, session_factory, session_scope
+from veilface.store.db import make_engine, require_schema, session_factory, session_scope
 from veilface.store.models import Worker
+from veilface.store.privileges import GRANTS
 from veilface.workers import Heartbeat, check_key_set
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,17 @@ class WorkerRuntime:
     context: PublicContext
 
 
-def load_runtime(settings: Settings) -> WorkerRuntime:
+def load_runtime(settings: Settings, kind: str) -> WorkerRuntime:
     """Open the store and the public context; exit (status 3) with a clear line if the context
-    holds a secret key or belongs to another key set than the one the gateway announced."""
+    holds a secret key or belongs to another key set than the one the gateway announced, or if
+    the tables this ``kind`` of worker uses are missing (``veilface db migrate`` creates them)."""
+    engine = make_engine(settings)
     try:
         context = PublicContext.load(settings.public_context_path)
+        require_schema(engine, GRANTS[kind])
     except errors.VeilfaceError as exc:
         log.critical("refusing to start: %s", exc.message)
         sys.exit(3)
-    engine = make_engine(settings)
-    create_schema(engine)
     sessions = session_factory(engine)
     _wait_for_key_set(sessions, context.fingerprint, settings.worker_ttl_s)
     log.info("public context %s loaded (no secret key)", context.fingerprint[:12])

@@ -41,7 +41,7 @@ log = logging.getLogger("veilface.embedder")
 
 settings = load_settings()
 app = make_celery(settings)
-runtime = load_runtime(settings)
+runtime = load_runtime(settings, EMBEDDER)
 sealer = PayloadSealer.from_file(settings.queue_key_path)
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger("veilface.he-matcher")
 
 settings = load_settings()
 app = make_celery(settings)
-runtime = load_runtime(settings)
+runtime = load_runtime(settings, MATCHER)
 announce(runtime, MATCHER, queue=None, model_version=lambda: None, provider="tenseal-cpu")
 
 TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}

@@ -14,16 +14,17 @@ from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
 from veilface.store.apikeys import sync_bootstrap_key
-from veilface.store.db import create_schema, make_engine, session_factory, upsert_once
+from veilface.store.db import make_engine, require_schema, session_factory, upsert_once
 from veilface.workers import announce_key_set
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the gateway app: loads the secret key, creates the schema and bootstrap key.
+    """Build the gateway app: loads the secret key, creates the bootstrap key.
 
-    Raises :class:`~veilface.config.SettingError` for a bootstrap key or metrics token too short.
+    The schema must exist (``veilface db migrate``): the gateway holds no DDL right. Raises
+    :class:`~veilface.config.SettingError` for a bootstrap key or metrics token too short.
     """
     settings = settings or load_settings()
     check_secrets(settings)
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = error_handlers.JSONProvider(app)
 
     engine = make_engine(settings)
-    create_schema(engine)
+    require_schema(engine)
     sessions = session_factory(engine)
     upsert_once(sessions, lambda session: sync_bootstrap_key(session, settings.bootstrap_api_key))
 

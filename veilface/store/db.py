@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -49,7 +49,10 @@ def make_engine(settings: Settings) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables: ``sql/schema.sql`` on MySQL/MariaDB, the models elsewhere."""
+    """Create missing tables: ``sql/schema.sql`` on MySQL/MariaDB, the models elsewhere.
+
+    DDL: only the migration (``veilface db migrate``) runs it; services call :func:`require_schema`.
+    """
     if engine.dialect.name in ("mysql", "mariadb"):
         lines = [line.split("--", 1)[0] for line in SCHEMA_SQL.read_text().splitlines()]
         statements = [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
@@ -64,6 +67,21 @@ def create_schema(engine: Engine) -> None:
                 conn.execute(CreateTable(table, if_not_exists=True))
                 for index in table.indexes:
                     conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables) -> None:
+    """Raise :class:`~veilface.errors.SchemaMissing` unless ``tables`` exist and this account sees them.
+
+    A MySQL account sees only the tables it holds a right on, so a service names the ones it uses.
+    """
+    wanted = set(tables)
+    missing = wanted - set(inspect(engine).get_table_names())
+    if missing:
+        lacks = "no Veilface table" if missing == wanted else f"no table {', '.join(sorted(missing))}"
+        raise errors.SchemaMissing(
+            f"the database {engine.url.database or ''} has {lacks}, or this account holds no right on "
+            "it: run `veilface db migrate`"
+        )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
