@@ -64,7 +64,7 @@ train: install-train
 	$(PY) -m veilface.train --data $(DATA) --config $(CONFIG)
 
 compose-config:
-	MYSQL_PASSWORD=example MYSQL_ROOT_PASSWORD=example docker-compose -f deploy/docker-compose.yml config --quiet
+	MYSQL_PASSWORD=example MYSQL_ROOT_PASSWORD=example REDIS_PASSWORD=example docker-compose -f deploy/docker-compose.yml config --quiet
 
 clean:
 	rm -rf var results .pytest_cache

@@ -2,7 +2,8 @@
 
 Runs ``docker-compose config`` (the Debian ``docker-compose`` package; no Docker engine is
 needed) and checks the rendered file: only the gateway can read ``secret.ctx``, the
-he-matcher never sees ``queue.key``, the embedder reserves a GPU, the matcher scales.
+he-matcher never sees ``queue.key``, every worker gets ``task.key``, Redis asks for a
+password, the embedder reserves a GPU, the matcher scales.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def _block(lines: list[str], key: str, indent: int) -> list[str]:
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, str]:
     """Each service of the rendered compose file, as its block of text."""
-    result = _compose("config", MYSQL_PASSWORD="test-pw", MYSQL_ROOT_PASSWORD="test-root-pw")
+    result = _compose(
+        "config", MYSQL_PASSWORD="test-pw", MYSQL_ROOT_PASSWORD="test-root-pw", REDIS_PASSWORD="test-redis-pw"
+    )
     assert result.returncode == 0, result.stderr
     services = _block(result.stdout.splitlines(), "services", 0)
     blocks: dict[str, list[str]] = {}
@@ -88,6 +91,17 @@ def test_passwords_are_required_not_defaulted() -> None:
     result = _compose("config")
     assert result.returncode != 0
     assert "MYSQL_PASSWORD" in result.stderr or "MYSQL_ROOT_PASSWORD" in result.stderr
+    no_redis = _compose("config", MYSQL_PASSWORD="test-pw", MYSQL_ROOT_PASSWORD="test-root-pw")
+    assert no_redis.returncode != 0 and "REDIS_PASSWORD" in no_redis.stderr
+
+
+def test_redis_asks_for_the_password_every_service_sends(rendered: dict[str, str]) -> None:
+    redis = rendered["redis"]
+    command = _list(redis, "command")
+    assert command[command.index("--requirepass") + 1] == "test-redis-pw"
+    assert "REDISCLI_AUTH: test-redis-pw" in redis
+    for service in ("gateway", "embedder", "he-matcher"):
+        assert "VEILFACE_BROKER_URL: redis://:test-redis-pw@redis:6379/0" in rendered[service]
 
 
 def test_only_the_gateway_reads_the_secret_key(rendered: dict[str, str]) -> None:
@@ -111,7 +125,9 @@ def test_keys_service_gives_each_worker_only_its_files(rendered: dict[str, str])
     assert "veilface keys init" in script
     assert "put public.ctx /export/embedder" in script
     assert "put queue.key /export/embedder" in script
+    assert "put task.key /export/embedder" in script
     assert "put public.ctx /export/matcher" in script
+    assert "put task.key /export/matcher" in script
     assert "put queue.key /export/matcher" not in script
     assert "put secret.ctx" not in script
     assert "network_mode: none" in script
@@ -160,7 +176,6 @@ def test_shared_data_is_read_only_and_stores_are_configured(rendered: dict[str, 
     )
     assert _list(rendered["trainer"], "profiles") == ["train"]
     assert "mysql+mysqldb://veilface:test-pw@mysql:3306/veilface" in rendered["gateway"]
-    assert "VEILFACE_BROKER_URL: redis://redis:6379/0" in rendered["gateway"]
 
 
 def test_images_never_take_secrets_or_weights() -> None:
