@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from celery import Celery
 from celery.result import AsyncResult
 from kombu.transport import sqlalchemy as sqla_transport
 from kombu.utils.uuid import uuid
-from sqlalchemy import event
 
 from veilface.config import Settings
 from veilface.schemas import EMBED_QUEUE, MATCH_QUEUE
@@ -17,11 +18,17 @@ SQLA_POLL_S = 0.05
 _SQLA_PREFIX = "sqla+"
 
 
-def _secure_delete(dbapi_conn, _record) -> None:
-    """Have SQLite overwrite deleted rows, not leave them in free pages of the file."""
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA secure_delete=ON")
-    cur.close()
+class SecureDeleteConnection(sqlite3.Connection):
+    """A SQLite connection that overwrites deleted rows instead of leaving them in free pages
+    (``PRAGMA secure_delete``, off by default in SQLite's own builds)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.execute("PRAGMA secure_delete=ON")
+
+
+#: Engine options of the embedded queue and result store (both SQLite files).
+_SQLITE_ENGINE_OPTIONS = {"connect_args": {"factory": SecureDeleteConnection}}
 
 
 class _DeletingChannel(sqla_transport.Channel):
@@ -30,13 +37,8 @@ class _DeletingChannel(sqla_transport.Channel):
     kombu keeps every delivered row, hidden (``visible`` false) and never read again: in the
     embedded queue that is every sealed image and probe ever sent. Here the rows delivered
     from a queue are deleted right after delivery (kombu restores an unacknowledged message by
-    sending it again, not from its old row), with SQLite's secure delete.
+    sending it again, not from its old row).
     """
-
-    def _engine_from_config(self):
-        engine = super()._engine_from_config()
-        event.listen(engine, "connect", _secure_delete)
-        return engine
 
     def _get(self, queue):
         payload = super()._get(queue)
@@ -87,6 +89,7 @@ def make_celery(settings: Settings) -> Celery:
         # transport to create_engine(), so the poll period is set on the class).
         broker = broker.removeprefix(_SQLA_PREFIX)
         conf["broker_transport"] = f"{__name__}:EmbeddedTransport"
+        conf["broker_transport_options"] = _SQLITE_ENGINE_OPTIONS
     else:
         # Redelivery of a task whose worker died without acknowledging it: after the visibility
         # timeout, found by a sweep every tenth of it (kombu's default sweeps only every tenth
@@ -98,6 +101,8 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         }
         conf["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
+    if settings.celery_result_backend.startswith("db+sqlite"):
+        conf["database_engine_options"] = _SQLITE_ENGINE_OPTIONS
     app = Celery("veilface", broker=broker, backend=settings.celery_result_backend)
     app.conf.update(conf)
     return app
