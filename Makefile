@@ -77,7 +77,7 @@ train: install-train
 
 compose-config:
 	MYSQL_ROOT_PASSWORD=example MYSQL_GATEWAY_PASSWORD=example MYSQL_EMBEDDER_PASSWORD=example \
-		MYSQL_MATCHER_PASSWORD=example docker-compose -f deploy/docker-compose.yml config --quiet
+		MYSQL_MATCHER_PASSWORD=example REDIS_PASSWORD=example docker-compose -f deploy/docker-compose.yml config --quiet
 
 clean:
 	rm -rf var results .pytest_cache

@@ -89,19 +89,19 @@ def lfw_people(data_dir: Path) -> list[list[Path]]:
 
 
 def new_key_set(folder: Path) -> Path:
-    """Write a fresh CKKS key set and queue key into ``folder``."""
+    """Write a fresh CKKS key set, queue key and task key into ``folder``."""
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
-    from veilface.payload import generate_queue_key
+    from veilface.keyfiles import generate_message_keys
 
     generate_keyset(folder, DEFAULT_PARAMS)
-    generate_queue_key(folder / "queue.key")
+    generate_message_keys(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def key_dir(tmp_path_factory) -> Path:
-    """One CKKS key set and queue key for the whole session (key generation takes seconds)."""
+    """One key set (CKKS, queue and task keys) for the whole session (key generation takes seconds)."""
     return new_key_set(tmp_path_factory.mktemp("keys"))
 
 

@@ -2,8 +2,9 @@
 
 Runs ``docker-compose config`` (the Debian ``docker-compose`` package; no Docker engine is
 needed) and checks the rendered file: only the gateway can read ``secret.ctx``, the
-he-matcher never sees ``queue.key``, the embedder reserves a GPU, the matcher scales, and each
-service connects to MariaDB with its own account while only ``migrate`` holds root's.
+he-matcher never sees ``queue.key``, every worker gets ``task.key``, Redis asks for a
+password, the embedder reserves a GPU, the matcher scales, and each service connects to MariaDB
+with its own account while only ``migrate`` holds root's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ PASSWORDS = {
     "MYSQL_GATEWAY_PASSWORD": "test-gateway-pw",
     "MYSQL_EMBEDDER_PASSWORD": "test-embedder-pw",
     "MYSQL_MATCHER_PASSWORD": "test-matcher-pw",
+    "REDIS_PASSWORD": "test-redis-pw",
 }
 
 
@@ -124,6 +126,15 @@ def test_each_service_connects_with_its_own_account_and_only_migrate_as_root(ren
     assert holders == {"migrate", "mysql"}
 
 
+def test_redis_asks_for_the_password_every_service_sends(rendered: dict[str, str]) -> None:
+    redis = rendered["redis"]
+    command = _list(redis, "command")
+    assert command[command.index("--requirepass") + 1] == "test-redis-pw"
+    assert "REDISCLI_AUTH: test-redis-pw" in redis
+    for service in ("gateway", "embedder", "he-matcher"):
+        assert "VEILFACE_BROKER_URL: redis://:test-redis-pw@redis:6379/0" in rendered[service]
+
+
 def test_only_the_gateway_reads_the_secret_key(rendered: dict[str, str]) -> None:
     readers = {name for name, block in rendered.items() if "keys-secret" in _key_mounts(block)}
     assert readers == {"keys", "gateway"}
@@ -145,7 +156,9 @@ def test_keys_service_gives_each_worker_only_its_files(rendered: dict[str, str])
     assert "veilface keys init" in script
     assert "put public.ctx /export/embedder" in script
     assert "put queue.key /export/embedder" in script
+    assert "put task.key /export/embedder" in script
     assert "put public.ctx /export/matcher" in script
+    assert "put task.key /export/matcher" in script
     assert "put queue.key /export/matcher" not in script
     assert "put secret.ctx" not in script
     assert "network_mode: none" in script
@@ -191,7 +204,6 @@ def test_shared_data_is_read_only_and_stores_are_configured(rendered: dict[str, 
     # No schema at MariaDB's first start: `migrate` runs the DDL.
     assert all("docker-entrypoint-initdb.d" not in volume for volume in _list(mysql, "volumes"))
     assert _list(rendered["trainer"], "profiles") == ["train"]
-    assert "VEILFACE_BROKER_URL: redis://redis:6379/0" in rendered["gateway"]
 
 
 def test_images_never_take_secrets_or_weights() -> None:

@@ -22,7 +22,7 @@ from tests.conftest import _run_stack, _stack_env
 from veilface.config import load_settings
 from veilface.crypto.params import CkksParams
 from veilface.crypto.secret import generate_keyset
-from veilface.payload import generate_queue_key
+from veilface.keyfiles import generate_message_keys
 from veilface.projection import fit_pca
 from veilface.registry import ModelRegistry
 from veilface.stack import Stack
@@ -123,7 +123,7 @@ def short_keys_stack(tmp_path_factory) -> Iterator[Stack]:
     templates at most (as key sets made before the ensemble became the default)."""
     key_dir = tmp_path_factory.mktemp("keys-512")
     generate_keyset(key_dir, CkksParams(max_dim=512))
-    generate_queue_key(key_dir / "queue.key")
+    generate_message_keys(key_dir)
     var_dir = tmp_path_factory.mktemp("var-short-keys")
     yield from _run_stack(_stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs"), var_dir)
 

@@ -6,7 +6,7 @@ base64, times as ISO 8601), read in one transaction so that it is a consistent s
 ciphertexts, names, hashes, never a template or an image. It is portable between MariaDB and
 SQLite. The ``workers`` table (heartbeats) is runtime state and is not saved.
 
-The key files (``secret.ctx``, ``public.ctx``, ``queue.key``) are written to a *separate*
+The key files (``secret.ctx``, ``public.ctx``, ``queue.key``, ``task.key``) are written to a *separate*
 folder: the database plus the secret key decrypts every template, so the two must never be
 stored together (``docs/reliability.md``).
 """
@@ -28,13 +28,13 @@ from sqlalchemy import Engine, Table, delete, func, insert, select
 
 from veilface import errors
 from veilface.crypto.public import fingerprint_of
+from veilface.keyfiles import KEY_FILES
 from veilface.store.db import create_schema
 from veilface.store.models import Base
 
 FORMAT = "veilface-backup/1"
 KEYS_FORMAT = "veilface-keys/1"
 MANIFEST = "manifest.json"
-KEY_FILES = ("public.ctx", "secret.ctx", "queue.key")
 #: Runtime state that a restore must not bring back.
 SKIPPED_TABLES = ("workers",)
 #: Rows per INSERT batch (a block diagonal is ~235 KB: keep a batch well under max_allowed_packet).
@@ -219,7 +219,8 @@ def restore_keys(folder: Path, key_dir: Path, *, force: bool = False) -> str:
     if current.is_file() and fingerprint_of(current.read_bytes()) != fingerprint and not force:
         raise BackupError(f"{key_dir} holds another key set; --force replaces it")
     key_dir.mkdir(parents=True, exist_ok=True)
-    for name in KEY_FILES:
+    # A backup made before task.key existed has none: 'veilface keys init' makes a new one.
+    for name in (name for name in KEY_FILES if name in manifest["files"]):
         _copy_private(folder / name, key_dir / name)
     return fingerprint
 

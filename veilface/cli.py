@@ -71,7 +71,7 @@ def db_migrate(settings: Settings) -> None:
 
 @main.group()
 def keys() -> None:
-    """CKKS key set, queue key and API keys."""
+    """CKKS key set, queue and task keys, and API keys."""
 
 
 @keys.command("init")
@@ -80,17 +80,18 @@ def keys() -> None:
 )
 @click.pass_obj
 def keys_init(settings: Settings, force: bool) -> None:
-    """Create the CKKS key set (secret.ctx for the gateway, public.ctx for workers) and queue.key."""
+    """Create the CKKS key set (secret.ctx for the gateway, public.ctx for workers), queue.key
+    (gateway and embedders) and task.key (gateway and every worker); missing files only."""
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
-    from veilface.payload import generate_queue_key
+    from veilface.keyfiles import generate_message_keys
 
     if settings.secret_context_path.exists() and not force:
         click.echo(f"key set already present in {settings.keys_path} (use --force to replace it)")
     else:
         fingerprint = generate_keyset(settings.keys_path, DEFAULT_PARAMS)
         click.echo(f"created key set {fingerprint} in {settings.keys_path}")
-    generate_queue_key(settings.queue_key_path)
+    generate_message_keys(settings.keys_path)
 
 
 @keys.command("fingerprint")
@@ -155,19 +156,19 @@ def keys_revoke_api_key(settings: Settings, key_id: int) -> None:
 @click.confirmation_option(prompt="Replace the key set and drop every template (all must be enrolled again)?")
 @click.pass_obj
 def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
-    """New CKKS key set and queue key; every template is dropped and must be enrolled again.
+    """New CKKS key set, queue key and task key; every template is dropped and must be enrolled again.
 
-    Run it where the gateway runs, then give the workers the new public.ctx (embedders also
-    queue.key) and restart the gateway and every worker. See docs/reliability.md.
+    Run it where the gateway runs, then give the workers the new public.ctx and task.key
+    (embedders also queue.key) and restart the gateway and every worker. See docs/reliability.md.
     """
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
-    from veilface.payload import generate_queue_key
+    from veilface.keyfiles import generate_message_keys
     from veilface.rotation import rotate_keys
 
     def generate(folder: Path) -> str:
         fingerprint = generate_keyset(folder, DEFAULT_PARAMS)
-        generate_queue_key(folder / "queue.key")
+        generate_message_keys(folder)
         return fingerprint
 
     rotation = rotate_keys(settings, _sessions(settings), generate, keep_old=keep_old)
@@ -179,7 +180,9 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
         f"dropped {rotation.templates_dropped} templates; "
         f"{rotation.subjects_to_reenroll} subjects must be enrolled again"
     )
-    click.echo("next: copy public.ctx (and queue.key for embedders) to the workers, restart everything")
+    click.echo(
+        "next: copy public.ctx and task.key (and queue.key for embedders) to the workers, restart everything"
+    )
 
 
 @main.command("backup")

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from veilface.keyfiles import QUEUE_KEY, TASK_KEY
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Fewest characters of an operator-chosen secret: ``VEILFACE_BOOTSTRAP_API_KEY``, ``VEILFACE_METRICS_TOKEN``.
@@ -45,7 +47,8 @@ class Settings:
     broker_url: str = ""
     #: Celery result backend; empty means the broker for Redis, else ``db+sqlite:///{var_dir}/results.db``.
     result_backend: str = ""
-    #: Folder of the CKKS key files: ``public.ctx`` (workers) and ``secret.ctx`` (gateway only).
+    #: Folder of the key files: ``secret.ctx`` (gateway only), ``public.ctx``, ``queue.key``
+    #: (gateway, embedders) and ``task.key`` (gateway and every worker).
     key_dir: Path | None = None
     #: Folder of the versioned model registry (``registry.json`` plus ONNX files).
     model_dir: Path | None = None
@@ -74,6 +77,10 @@ class Settings:
     #: Seconds a task may stay unacknowledged on Redis before it is delivered again (its worker
     #: was killed); keep it above the longest task, a compaction.
     broker_visibility_timeout_s: float = 120.0
+    #: Seconds a task message (its signature, and its sealed image) stays valid; a worker refuses it
+    #: afterwards. Keep it above the task timeout plus the visibility timeout, so that a task
+    #: delivered again after its worker died still runs; hosts need clocks in step (NTP).
+    message_ttl_s: float = 300.0
     #: Seconds after which a worker that sent no heartbeat counts as gone.
     worker_ttl_s: float = 30.0
     #: Templates in the delta of a gallery that trigger a compaction.
@@ -122,7 +129,12 @@ class Settings:
     @property
     def queue_key_path(self) -> Path:
         """AES key sealing images on the embed queue: gateway and embedders only."""
-        return self.keys_path / "queue.key"
+        return self.keys_path / QUEUE_KEY
+
+    @property
+    def task_key_path(self) -> Path:
+        """HMAC key signing every task message: gateway, embedders and he-matchers."""
+        return self.keys_path / TASK_KEY
 
     @property
     def models_path(self) -> Path:

@@ -135,6 +135,12 @@ class InvalidCiphertext(VeilfaceError):
     code, status = "invalid_ciphertext", 400
 
 
+class MessageRefused(VeilfaceError):
+    """A worker refused a queue message it could not authenticate (forged, altered or expired)."""
+
+    code, status = "message_refused", 503
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
@@ -154,6 +160,7 @@ _BY_CODE = {
         Unavailable,
         KeyMismatch,
         InvalidCiphertext,
+        MessageRefused,
     )
 }
 

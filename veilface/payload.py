@@ -2,29 +2,45 @@
 
 The queue key (``queue.key`` beside the CKKS keys) is shared by the gateway and the
 embedders only; matchers never see images and never get it.
+
+A sealed image is bound to its use: the task name, the gallery and subject of an enrollment,
+the image's SHA-256 and an expiry are its associated data. The embedder opens it with the
+binding it rebuilds from the task it runs and that task's own arguments, so an image sealed
+for a probe does not open as an enrollment, nor one for gallery A in gallery B, nor after it
+expired; and the opened bytes must hash to the image hash the task carries.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from veilface import errors
+from veilface.keyfiles import read_key
 
 _NONCE_BYTES = 12
 
 
-def generate_queue_key(path: Path) -> None:
-    """Write a fresh 256-bit queue key to ``path`` (mode 0600) unless one exists."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(AESGCM.generate_key(bit_length=256))
+@dataclass(frozen=True)
+class ImageBinding:
+    """What a sealed image may be used for: one task, gallery and subject, until ``expires``."""
+
+    task: str
+    image_sha256: str
+    #: Unix time (seconds) after which the image no longer opens.
+    expires: int
+    gallery_id: int | None = None
+    subject: str | None = None
+
+    def associated_data(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
 
 class PayloadSealer:
@@ -35,17 +51,25 @@ class PayloadSealer:
 
     @classmethod
     def from_file(cls, path: Path) -> PayloadSealer:
-        try:
-            return cls(path.read_bytes())
-        except FileNotFoundError as exc:
-            raise errors.Unavailable(f"queue key {path} is missing; run 'veilface keys init'") from exc
+        return cls(read_key(path))
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, image: bytes, binding: ImageBinding) -> bytes:
+        """``image`` encrypted and authenticated together with ``binding``."""
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, data, None)
+        return nonce + self._aead.encrypt(nonce, image, binding.associated_data())
 
-    def open(self, sealed: bytes) -> bytes:
+    def open(self, sealed: bytes, binding: ImageBinding, *, now: float | None = None) -> bytes:
+        """The image sealed under exactly ``binding``; ``MessageRefused`` if it expired, was
+        sealed for anything else or with another key, or does not hash to ``binding.image_sha256``."""
+        if binding.expires < (time.time() if now is None else now):
+            raise errors.MessageRefused("the sealed image expired")
+        nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
         try:
-            return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], None)
+            image = self._aead.decrypt(nonce, ciphertext, binding.associated_data())
         except (InvalidTag, ValueError) as exc:
-            raise errors.BadRequest("image payload failed authentication (wrong queue key?)") from exc
+            raise errors.MessageRefused(
+                "the sealed image failed authentication (sealed for another task, or another queue key)"
+            ) from exc
+        if hashlib.sha256(image).hexdigest() != binding.image_sha256:
+            raise errors.MessageRefused("the sealed image does not match the image hash of its task")
+        return image

@@ -1,4 +1,4 @@
-"""Key rotation: a new CKKS key set and queue key; the gallery must be enrolled again.
+"""Key rotation: a new CKKS key set, queue key and task key; the gallery must be enrolled again.
 
 Why re-enrollment, and not re-encryption: every template is a ciphertext under the old key.
 Moving it to a new key without ever exposing it needs a key-switching key from the old
@@ -25,11 +25,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.config import Settings
+from veilface.keyfiles import KEY_FILES
 from veilface.store.db import session_scope
 from veilface.store.models import AuditEntry, Block, BlockCiphertext, Template
 from veilface.workers import set_key_set
-
-KEY_FILES = ("public.ctx", "secret.ctx", "queue.key")
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def rotate_keys(
 ) -> Rotation:
     """Replace the key set and drop every ciphertext made with the old one.
 
-    ``generate(folder)`` writes a new ``public.ctx``, ``secret.ctx`` and ``queue.key`` into
+    ``generate(folder)`` writes a new ``public.ctx``, ``secret.ctx``, ``queue.key`` and ``task.key`` into
     ``folder`` and returns the fingerprint (the CLI passes the gateway-side key generator:
     this module never touches the secret key API itself).
 

@@ -2,7 +2,9 @@
 
 Data flows one way: gateway -> ``embed`` queue -> embedder -> gateway -> ``match``
 queues -> he-matcher -> gateway. Every payload is plain JSON: ciphertexts travel as
-base64 text, never pickled objects, and no message carries a plaintext template.
+base64 text, never pickled objects, and no message carries a plaintext template. Every
+task message is signed by the gateway (:mod:`veilface.signing`); the images of the embed
+queue are sealed to the request that carries them (:class:`veilface.payload.ImageBinding`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from veilface import errors
+from veilface.payload import ImageBinding
 from veilface.search.results import ScoreResult
 
 EMBED_QUEUE = "embed"
@@ -98,6 +101,68 @@ class Probe:
             ciphertext=msg["ciphertext"],
             quality_reason=msg.get("quality_reason"),
         )
+
+
+def _request_from_message(cls: type, msg: Any) -> Any:
+    """``cls`` built from a message's fields; anything malformed is a ``BadRequest``."""
+    try:
+        return cls(**msg)
+    except TypeError:
+        raise errors.BadRequest(f"malformed {cls.__name__} message") from None
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    """Enroll the face of one image for ``subject`` of gallery ``gallery_id``.
+
+    ``sealed_image`` is the image sealed under :meth:`binding` (base64), ``image_sha256`` its
+    hash (enrollment is idempotent per image), ``expires`` the Unix time it stops opening.
+    """
+
+    gallery_id: int
+    subject: str
+    image_sha256: str
+    expires: int
+    main_face: bool
+    sealed_image: str = ""
+    model_version: str | None = None
+    projection: str | None = None
+
+    def binding(self) -> ImageBinding:
+        return ImageBinding(TASK_ENROLL, self.image_sha256, self.expires, self.gallery_id, self.subject)
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, msg: Any) -> EnrollRequest:
+        return _request_from_message(cls, msg)
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """Encrypt a probe for every face of one image (``as_template``: in the template layout).
+
+    ``sealed_image``, ``image_sha256`` and ``expires`` as for :class:`EnrollRequest`;
+    ``projection`` is the searched gallery's compact-template projection, if it has one.
+    """
+
+    image_sha256: str
+    expires: int
+    sealed_image: str = ""
+    as_template: bool = False
+    model_version: str | None = None
+    projection: str | None = None
+
+    def binding(self) -> ImageBinding:
+        return ImageBinding(TASK_PROBE, self.image_sha256, self.expires)
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, msg: Any) -> ProbeRequest:
+        return _request_from_message(cls, msg)
 
 
 @dataclass(frozen=True)

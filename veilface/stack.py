@@ -43,7 +43,8 @@ def _unblock_stop_signals() -> None:
 
 def ensure_keys(settings: Settings, env: dict[str, str]) -> None:
     """Create the key set on first start (``veilface keys init`` is idempotent)."""
-    if not settings.secret_context_path.exists() or not settings.queue_key_path.exists():
+    key_files = (settings.secret_context_path, settings.queue_key_path, settings.task_key_path)
+    if not all(path.exists() for path in key_files):
         subprocess.run([sys.executable, "-m", "veilface", "keys", "init"], env=env, check=True)
 
 

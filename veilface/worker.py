@@ -1,5 +1,6 @@
-"""What every worker process does at start: load the public context, refuse a secret key,
-announce itself with a heartbeat, and take its own direct queue when it has one.
+"""What every worker process does at start: load the public context and the task key, refuse
+a secret key, announce itself with a heartbeat, and take its own direct queue when it has one;
+and what every worker task does first: verify the gateway's signature (:class:`SignedTask`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from celery import Task
 from celery.signals import celeryd_after_setup, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors
 from veilface.config import Settings
 from veilface.crypto.public import PublicContext
+from veilface.schemas import error_payload
+from veilface.signing import SIGNATURE_HEADER, TaskSigner
 from veilface.store.db import make_engine, require_schema, session_factory, session_scope
 from veilface.store.models import Worker
 from veilface.store.privileges import GRANTS
@@ -32,15 +37,61 @@ class WorkerRuntime:
     settings: Settings
     sessions: sessionmaker[Session]
     context: PublicContext
+    signer: TaskSigner
+
+
+class SignedTask(Task):
+    """Base of every worker task: it runs only a message the gateway signed for it.
+
+    A message that is unsigned, altered, expired or signed for another task name is refused
+    before the task does anything: its result is an error payload, and the worker logs one
+    WARNING line (no traceback). Declare a task with ``base=SignedTask, signer=runtime.signer``.
+    """
+
+    signer: TaskSigner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        signature = getattr(request, SIGNATURE_HEADER, None)
+        try:
+            self.signer.verify(self.name, request.id, args, kwargs, signature)
+        except errors.MessageRefused as exc:
+            log.warning("refused task %s[%s]: %s", self.name, request.id, exc.message)
+            return error_payload(exc)
+        return self.run(*args, **kwargs)
+
+
+class _TaskValuesFilter(logging.Filter):
+    """Keeps task arguments and results out of Celery's own log lines.
+
+    Celery logs each success as ``Task name[id] succeeded in 0.1s: <result>`` at INFO, and hands
+    the arguments to handlers as ``extra``; here results are face boxes and ciphertexts.
+    """
+
+    HIDDEN = ("args", "kwargs", "return_value")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for values in (record.args, getattr(record, "data", None)):
+            if isinstance(values, dict):
+                values.update({key: "(not logged)" for key in self.HIDDEN if key in values})
+        return True
+
+
+def _hide_task_values() -> None:
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).addFilter(_TaskValuesFilter())
 
 
 def load_runtime(settings: Settings, kind: str) -> WorkerRuntime:
-    """Open the store and the public context; exit (status 3) with a clear line if the context
-    holds a secret key or belongs to another key set than the one the gateway announced, or if
-    the tables this ``kind`` of worker uses are missing (``veilface db migrate`` creates them)."""
-    engine = make_engine(settings)
+    """Open the store, the public context and the task key; exit (status 3) with a clear line if a
+    key file is missing, the context holds a secret key or belongs to another key set than the one
+    the gateway announced, or the tables this ``kind`` of worker uses are missing (``veilface db
+    migrate`` creates them)."""
+    _hide_task_values()
     try:
+        engine = make_engine(settings)
         context = PublicContext.load(settings.public_context_path)
+        signer = TaskSigner.from_file(settings.task_key_path, settings.message_ttl_s)
         require_schema(engine, GRANTS[kind])
     except errors.VeilfaceError as exc:
         log.critical("refusing to start: %s", exc.message)
@@ -48,7 +99,7 @@ def load_runtime(settings: Settings, kind: str) -> WorkerRuntime:
     sessions = session_factory(engine)
     _wait_for_key_set(sessions, context.fingerprint, settings.worker_ttl_s)
     log.info("public context %s loaded (no secret key)", context.fingerprint[:12])
-    return WorkerRuntime(settings, sessions, context)
+    return WorkerRuntime(settings, sessions, context, signer)
 
 
 def _wait_for_key_set(sessions: sessionmaker[Session], fingerprint: str, grace_s: float) -> None:

@@ -23,9 +23,11 @@ from veilface.schemas import (
     EMBED_QUEUE,
     TASK_ENROLL,
     TASK_PROBE,
+    EnrollRequest,
     EnrollResult,
     FaceBox,
     Probe,
+    ProbeRequest,
     b64decode,
     b64encode,
     error_payload,
@@ -34,7 +36,7 @@ from veilface.search.layout import place
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.store.models import Gallery, Template
-from veilface.worker import announce, load_runtime
+from veilface.worker import SignedTask, announce, load_runtime
 from veilface.workers import EMBEDDER
 
 log = logging.getLogger("veilface.embedder")
@@ -104,11 +106,23 @@ announce(
     provider=active.pipeline.providers["recognizer"],
 )
 
-TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "max_retries": 3}
+TASK_OPTIONS = {
+    "base": SignedTask,
+    "signer": runtime.signer,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "max_retries": 3,
+}
 
 
-def _image(sealed: str) -> bytes:
-    return sealer.open(b64decode(sealed))
+def _image(request: EnrollRequest | ProbeRequest) -> bytes:
+    """The request's image, opened under the binding rebuilt from the request's own fields; one
+    WARNING line if it is refused (sealed for another task, expired, or not the hashed image)."""
+    try:
+        return sealer.open(b64decode(request.sealed_image), request.binding())
+    except errors.MessageRefused as exc:
+        log.warning("refused image of %s: %s", request.binding().task, exc.message)
+        raise
 
 
 def _check_model(model: ModelVersion, expected: str | None) -> None:
@@ -138,31 +152,28 @@ def _check_servable(version: str, dim: int) -> None:
 
 
 @app.task(name=TASK_ENROLL, **TASK_OPTIONS)
-def enroll(
-    gallery_id: int,
-    subject_name: str,
-    image_sha256: str,
-    sealed_image: str,
-    main_face: bool,
-    model_version: str | None = None,
-    projection: str | None = None,
-) -> dict:
+def enroll(message: dict) -> dict:
     """Encrypt the face of one image into the gallery's delta; idempotent per image hash.
 
-    The subject is created in the same transaction as its first template, so a refused
-    photo never leaves an empty subject behind. ``model_version`` is the gateway's active
-    version: an embedder running another one refuses the task (503).
+    ``message`` is an :class:`EnrollRequest`. The subject is created in the same transaction
+    as its first template, so a refused photo never leaves an empty subject behind.
+    ``model_version`` is the gateway's active version: an embedder running another one
+    refuses the task (503).
     """
     model, pipeline = active.current()
     try:
-        _check_model(model, model_version)
-        face = pipeline.select_for_enrollment(pipeline.analyze(_image(sealed_image)), main=main_face)
-        version, vector = active.templated(face.embedding, projection)
+        request = EnrollRequest.from_message(message)
+        image = _image(request)
+        _check_model(model, request.model_version)
+        face = pipeline.select_for_enrollment(pipeline.analyze(image), main=request.main_face)
+        version, vector = active.templated(face.embedding, request.projection)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
+    gallery_id, image_sha256 = request.gallery_id, request.image_sha256
     box = FaceBox(face.box, face.score)
     with session_scope(runtime.sessions) as session:
-        subject_id = store.get_or_create_subject(session, session.get(Gallery, gallery_id), subject_name).id
+        gallery = session.get(Gallery, gallery_id)
+        subject_id = store.get_or_create_subject(session, gallery, request.subject).id
         existing = store.find_template(session, gallery_id, subject_id, version, image_sha256)
         if existing is not None:
             return EnrollResult(existing.id, version, box, created=False).to_message()
@@ -189,25 +200,24 @@ def enroll(
 
 
 @app.task(name=TASK_PROBE, **TASK_OPTIONS)
-def probe(
-    sealed_image: str,
-    as_template: bool = False,
-    model_version: str | None = None,
-    projection: str | None = None,
-) -> list[dict] | dict:
+def probe(message: dict) -> list[dict] | dict:
     """Every face of a query image, the main face first, each encrypted as a probe unless it failed
     quality.
 
-    ``as_template`` encrypts in the template layout (slot 0) instead: the second photo
-    of a 1:1 comparison. ``model_version`` is the gateway's active version, as for enroll;
-    ``projection`` the gallery's compact-template projection, if any.
+    ``message`` is a :class:`ProbeRequest`. ``as_template`` encrypts in the template layout
+    (slot 0) instead: the second photo of a 1:1 comparison. ``model_version`` is the
+    gateway's active version, as for enroll; ``projection`` the gallery's compact-template
+    projection, if any.
     """
     model, pipeline = active.current()
     try:
-        _check_model(model, model_version)
-        faces = pipeline.analyze(_image(sealed_image))
+        request = ProbeRequest.from_message(message)
+        image = _image(request)
+        _check_model(model, request.model_version)
+        faces = pipeline.analyze(image)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
+    as_template, projection = request.as_template, request.projection
 
     def encrypt(vector: np.ndarray) -> str:
         if as_template:

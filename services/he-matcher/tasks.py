@@ -35,7 +35,7 @@ from veilface.search.engine import MaskCache, prepare_probe
 from veilface.search.results import ScoreResult
 from veilface.search.shard import Shard
 from veilface.store.db import session_scope
-from veilface.worker import announce, load_runtime
+from veilface.worker import SignedTask, announce, load_runtime
 from veilface.workers import MATCHER
 
 log = logging.getLogger("veilface.he-matcher")
@@ -45,7 +45,12 @@ app = make_celery(settings)
 runtime = load_runtime(settings, MATCHER)
 announce(runtime, MATCHER, queue=None, model_version=lambda: None, provider="tenseal-cpu")
 
-TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}
+TASK_OPTIONS = {
+    "base": SignedTask,
+    "signer": runtime.signer,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+}
 _shards: dict[tuple[int, str], Shard] = {}
 
 
@@ -146,9 +151,11 @@ def _compaction_lock(gallery_id: int, model_version: str) -> Iterator[bool]:
                 conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
-@app.task(name=TASK_COMPACT, **TASK_OPTIONS)
+@app.task(name=TASK_COMPACT, ignore_result=True, **TASK_OPTIONS)
 def compact(gallery_id: int, model_version: str) -> dict:
     """Fold the gallery's delta into its packed blocks, one block per transaction.
+
+    Nobody waits for a compaction, so its result is not stored (nor left in the result backend).
 
     A compaction killed halfway leaves every block either folded or untouched (each
     block's transaction rolls back as a whole); the next compaction finishes the job.

@@ -13,6 +13,7 @@ from veilface.config import Settings, check_secrets, load_settings
 from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
 from veilface.queue import make_celery
+from veilface.signing import TaskSigner
 from veilface.store.apikeys import sync_bootstrap_key
 from veilface.store.db import make_engine, require_schema, session_factory, upsert_once
 from veilface.workers import announce_key_set
@@ -40,9 +41,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     keys = SecretContext.load(settings.secret_context_path)
     # Workers compare their public context with this; one of another key set refuses to run.
     announce_key_set(sessions, keys.fingerprint)
-    gateway = Gateway(
-        settings, sessions, make_celery(settings), keys, PayloadSealer.from_file(settings.queue_key_path)
-    )
+    sealer = PayloadSealer.from_file(settings.queue_key_path)
+    signer = TaskSigner.from_file(settings.task_key_path, settings.message_ttl_s)
+    gateway = Gateway(settings, sessions, make_celery(settings), keys, sealer, signer)
     app.extensions["veilface"] = gateway
     log.info("gateway ready: key set %s, database %s", keys.fingerprint[:12], engine.dialect.name)
 

@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -27,6 +27,7 @@ from veilface.api.ratelimit import RateLimiter
 from veilface.config import Settings
 from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
+from veilface.queue import send_signed
 from veilface.registry import ModelRegistry
 from veilface.schemas import (
     EMBED_QUEUE,
@@ -36,9 +37,11 @@ from veilface.schemas import (
     TASK_PAIR,
     TASK_PROBE,
     TASK_SEARCH,
+    EnrollRequest,
     EnrollResult,
     FaceBox,
     Probe,
+    ProbeRequest,
     SearchRequest,
     b64encode,
     raise_for_error,
@@ -46,11 +49,15 @@ from veilface.schemas import (
 )
 from veilface.search import ranking
 from veilface.search.results import ScoreResult
+from veilface.signing import TaskSigner
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.workers import MATCHER, live_workers
 
 log = logging.getLogger(__name__)
+
+#: A request that carries a sealed image: :class:`EnrollRequest` or :class:`ProbeRequest`.
+ImageRequest = TypeVar("ImageRequest", EnrollRequest, ProbeRequest)
 
 
 @dataclass(frozen=True)
@@ -87,12 +94,14 @@ class Gateway:
         celery: Celery,
         keys: SecretContext,
         sealer: PayloadSealer,
+        signer: TaskSigner,
     ):
         self.settings = settings
         self.sessions = sessions
         self.celery = celery
         self.keys = keys
         self.sealer = sealer
+        self.signer = signer
         self.registry = ModelRegistry(settings)
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.celery_broker_url)
         self._foreign_seen: set[str] = set()
@@ -107,9 +116,9 @@ class Gateway:
         return self._wait(self._send(task, args, queue), task)
 
     def _send(self, task: str, args: list, queue: str) -> AsyncResult:
-        """Queue a task; sending also subscribes to its result, so either backend may be down."""
+        """Queue a signed task; sending also subscribes to its result, so either backend may be down."""
         with self._unavailable_if_lost("the task broker is unreachable"):
-            return self.celery.send_task(task, args=args, queue=queue)
+            return send_signed(self.celery, self.signer, task, args, queue)
 
     def _wait(self, result: AsyncResult, task: str) -> Any:
         try:
@@ -153,8 +162,9 @@ class Gateway:
         cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
         return isinstance(cause, lost)
 
-    def _sealed(self, image: bytes) -> str:
-        return b64encode(self.sealer.seal(image))
+    def _sealed(self, request: ImageRequest, image: bytes) -> ImageRequest:
+        """``request`` carrying ``image``, sealed under the request's own binding."""
+        return replace(request, sealed_image=b64encode(self.sealer.seal(image, request.binding())))
 
     def threshold(self, model_version: str) -> float:
         return self.registry.get(model_version).threshold
@@ -166,24 +176,20 @@ class Gateway:
         with self.session() as session:
             gallery = store.get_or_create_gallery(session, gallery_name)
             gallery_id, projection = gallery.id, gallery.projection
-        results = [
-            EnrollResult.from_message(
-                self._call(
-                    TASK_ENROLL,
-                    [
-                        gallery_id,
-                        subject_name,
-                        hashlib.sha256(img).hexdigest(),
-                        self._sealed(img),
-                        main_face,
-                        self.registry.active().version,
-                        projection,
-                    ],
-                    EMBED_QUEUE,
-                )
+        active = self.registry.active().version
+        results = []
+        for img in images:
+            request = EnrollRequest(
+                gallery_id,
+                subject_name,
+                hashlib.sha256(img).hexdigest(),
+                self.signer.expiry(),
+                main_face,
+                model_version=active,
+                projection=projection,
             )
-            for img in images
-        ]
+            message = self._sealed(request, img).to_message()
+            results.append(EnrollResult.from_message(self._call(TASK_ENROLL, [message], EMBED_QUEUE)))
         self._maybe_compact(gallery_id, results[-1].model_version)
         return {
             "subject": subject_name,
@@ -219,8 +225,14 @@ class Gateway:
         1:1 comparison of two photos; ``projection`` is the searched gallery's
         compact-template projection, if it has one.
         """
-        active = self.registry.active().version
-        faces = self._call(TASK_PROBE, [self._sealed(image), as_template, active, projection], EMBED_QUEUE)
+        request = ProbeRequest(
+            hashlib.sha256(image).hexdigest(),
+            self.signer.expiry(),
+            as_template=as_template,
+            model_version=self.registry.active().version,
+            projection=projection,
+        )
+        faces = self._call(TASK_PROBE, [self._sealed(request, image).to_message()], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
     def _scatter(self, gallery_id: int, model_version: str, probe: str) -> list[ScoreResult]:

@@ -44,10 +44,11 @@ from sqlalchemy.engine import make_url
 from veilface.config import load_settings
 from veilface.crypto.params import DEFAULT_PARAMS
 from veilface.demo import percentile
-from veilface.queue import make_celery
+from veilface.queue import make_celery, send_signed
 from veilface.registry import ModelRegistry
 from veilface.schemas import MATCH_QUEUE, TASK_COMPACT
 from veilface.sharding import owner
+from veilface.signing import TaskSigner
 from veilface.stack import Stack
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, SlotCounter, Subject, Template, utcnow
@@ -332,10 +333,10 @@ def main() -> None:
     _database(args.database_url)
 
     from veilface.crypto.secret import generate_keyset
-    from veilface.payload import generate_queue_key
+    from veilface.keyfiles import generate_message_keys
 
     generate_keyset(settings.keys_path, DEFAULT_PARAMS)
-    generate_queue_key(settings.queue_key_path)
+    generate_message_keys(settings.keys_path)
     gallery_id, version, import_s = import_gallery(settings, args.gallery)
     print(f"imported {args.gallery} templates in {import_s:.1f} s", flush=True)
 
@@ -357,7 +358,8 @@ def main() -> None:
             )
             r.raise_for_status()
             client.queries.extend((photos[0].parent.name, p.read_bytes()) for p in photos[1:4])
-        make_celery(settings).send_task(TASK_COMPACT, args=[gallery_id, version], queue=MATCH_QUEUE)
+        signer = TaskSigner.from_file(settings.task_key_path, settings.message_ttl_s)
+        send_signed(make_celery(settings), signer, TASK_COMPACT, [gallery_id, version], MATCH_QUEUE)
         engine = make_engine(settings)
         deadline = time.monotonic() + 300
         with engine.connect() as conn:
