@@ -35,7 +35,8 @@ def result(block_no=0, source="delta", dim=DIM, slots=(0, 1)) -> ScoreResult:
 
 
 def state(counter: int = 5, versions: dict[int, int] | None = None, live=frozenset({0})) -> GalleryState:
-    return GalleryState(counter, {0: 3} if versions is None else versions, frozenset(live))
+    """A gallery whose blocks ``live`` hold a live template at slot 0."""
+    return GalleryState.of(counter, {0: 3} if versions is None else versions, [(b, 0) for b in live])
 
 
 def vector_with(scores: dict[int, float]) -> np.ndarray:
@@ -85,10 +86,10 @@ def test_a_pair_answer_is_one_delta_score_of_slot_zero():
 
 
 def test_expected_lanes_per_source():
-    assert checks.allocated_in_block(0, 10, CAPACITY) == 10
-    assert checks.allocated_in_block(1, 10, CAPACITY) == 0
-    assert checks.allocated_in_block(0, CAPACITY + 3, CAPACITY) == CAPACITY
-    assert checks.allocated_in_block(1, CAPACITY + 3, CAPACITY) == 3
+    gallery = GalleryState.of(CAPACITY + 3, {}, [(0, 7), (1, 2), (4, 9)])
+    assert [gallery.allocated(b, CAPACITY) for b in range(5)] == [CAPACITY, 3, 0, 0, 10]
+    assert gallery.live_blocks == {0, 1, 4}
+    assert GalleryState.of(10, {}, []).allocated(0, CAPACITY) == 10
     # A packed block may hold a score at every allocated slot (deleted ones stay in it), with
     # the margin of its version in the database ...
     allowed, tolerance = checks.expected_lanes(result(source="block", slots=(2,)), state(), CAPACITY)

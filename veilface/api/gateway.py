@@ -270,17 +270,15 @@ class Gateway:
     ) -> list[tuple[ScoreResult, np.ndarray]]:
         """Decrypt the matchers' answers to one search, refusing all of them if one fails a check.
 
-        The slot counter and the live templates are read after the answers came, so every
-        template a matcher could have seen counts as allocated (the counter only grows).
+        The slot counter, the block versions and the live templates are read after the answers
+        came, so every template a matcher could have seen counts as allocated.
         """
         with self.session() as session:
-            state = checks.GalleryState(
-                slot_counter=store.slots_allocated(session, gallery_id, model_version),
-                block_versions={
-                    block_no: ref.version
-                    for block_no, ref in block_refs(session, gallery_id, model_version).items()
-                },
-                live_blocks=frozenset(b for b, _ in store.slot_owners(session, gallery_id, model_version)),
+            refs = block_refs(session, gallery_id, model_version)
+            state = checks.GalleryState.of(
+                store.slots_allocated(session, gallery_id, model_version),
+                {block_no: ref.version for block_no, ref in refs.items()},
+                store.slot_owners(session, gallery_id, model_version),
             )
         capacity = 2 * self.keys.slots
         decrypted = []

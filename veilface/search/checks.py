@@ -17,7 +17,8 @@ Which lanes can hold a score (the *allowed* slots):
 * a packed block: every slot ever allocated in the block. Deleted templates stay in the
   diagonals until the block is rebuilt, and their rows are gone, so the gateway cannot
   tell a deleted slot from a live one: any allocated slot may be nonzero; slots past the
-  gallery's slot counter were never filled and decrypt to zero.
+  gallery's slot counter (and past the block's highest live slot) were never filled and
+  decrypt to zero.
 * a delta: the slots the matcher says it scored, all allocated (its windows for other slots
   are empty, and the group masks zero every position of another group).
 * a 1:1 pair: slot 0 only.
@@ -73,13 +74,40 @@ class ShardPlan:
 class GalleryState:
     """What the gateway reads from the database once the answers came, to check them.
 
+    ``slot_counter`` is the gallery's next never-used position, ``block_versions`` the version
+    of each packed block, ``allocated_ends`` one past the highest live slot of each block.
     Every value only grows while a search runs (slots are never reused, block versions only
     go up), so whatever a matcher saw is covered.
     """
 
     slot_counter: int
     block_versions: Mapping[int, int]
-    live_blocks: frozenset[int]
+    allocated_ends: Mapping[int, int]
+
+    @classmethod
+    def of(
+        cls, slot_counter: int, block_versions: Mapping[int, int], live_slots: Iterable[tuple[int, int]]
+    ) -> GalleryState:
+        """The state from the slot counter, the block versions and the ``(block_no, slot)`` of
+        every live template."""
+        ends: dict[int, int] = {}
+        for block_no, slot in live_slots:
+            ends[block_no] = max(ends.get(block_no, 0), slot + 1)
+        return cls(slot_counter, dict(block_versions), ends)
+
+    @property
+    def live_blocks(self) -> frozenset[int]:
+        """Block numbers holding at least one live template."""
+        return frozenset(self.allocated_ends)
+
+    def allocated(self, block_no: int, capacity: int) -> int:
+        """How many slots of block ``block_no`` were ever allocated.
+
+        The slot counter says it for every block below it, deleted templates included; a live
+        template past it (a counter set back by hand, as the fault tests do) counts too.
+        """
+        from_counter = int(np.clip(self.slot_counter - block_no * capacity, 0, capacity))
+        return max(from_counter, self.allocated_ends.get(block_no, 0))
 
 
 def check_shard_answer(
@@ -134,18 +162,13 @@ def _in_range(slots: tuple[int, ...], capacity: int) -> bool:
     return not slots or 0 <= slots[0] <= slots[-1] < capacity
 
 
-def allocated_in_block(block_no: int, slot_counter: int, capacity: int) -> int:
-    """How many slots of block ``block_no`` were ever allocated, given the gallery's slot counter."""
-    return int(np.clip(slot_counter - block_no * capacity, 0, capacity))
-
-
 def expected_lanes(result: ScoreResult, state: GalleryState, capacity: int) -> tuple[np.ndarray, float]:
     """The slots of ``result`` that may hold a score (see the module docstring) and the noise margin.
 
     Raises :class:`ForgedAnswer` for a result that claims a slot never allocated, or scores of
     a packed block that does not exist or of a newer version than the database's.
     """
-    allocated = allocated_in_block(result.block_no, state.slot_counter, capacity)
+    allocated = state.allocated(result.block_no, capacity)
     claimed = np.asarray(result.slots, dtype=np.int64)
     if claimed.size and claimed.max() >= allocated:
         raise ForgedAnswer(f"block {result.block_no}: scores for slots never allocated")
