@@ -61,6 +61,11 @@ from veilface.workers import MATCHER, live_workers
 
 log = logging.getLogger(__name__)
 
+#: Decrypted score vectors, each with the result it came from.
+Decrypted = list[tuple[ScoreResult, np.ndarray]]
+#: ``(block_no, slot)`` of every live template and its owner.
+Owners = dict[tuple[int, int], store.SlotOwner]
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -232,11 +237,9 @@ class Gateway:
         faces = self._call(TASK_PROBE, [self._sealed(image), as_template, active, projection], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
-    def _scatter(
-        self, gallery_id: int, model_version: str, probe: str
-    ) -> list[tuple[ScoreResult, np.ndarray]]:
-        """Score ``probe`` on every shard and decrypt the checked answers; any missing or
-        refused shard makes the whole search fail.
+    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> tuple[Decrypted, Owners]:
+        """Score ``probe`` on every shard and decrypt the checked answers, with the owners of the
+        live slots read after the answers came; any missing or refused shard fails the search.
 
         Each block number (its packed block and its delta) goes to one live matcher by
         rendezvous hashing, so a gallery is spread over all matchers and a new matcher
@@ -248,7 +251,7 @@ class Gateway:
             block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
             matchers = self._own_matchers(live_workers(session, MATCHER, self.settings.worker_ttl_s))
         if not block_nos:
-            return []
+            return [], {}
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
         queues = {w.name: w.queue for w in matchers}
@@ -267,7 +270,7 @@ class Gateway:
 
     def _checked_search(
         self, gallery_id: int, model_version: str, answers: list[tuple[ShardPlan, Any]]
-    ) -> list[tuple[ScoreResult, np.ndarray]]:
+    ) -> tuple[Decrypted, Owners]:
         """Decrypt the matchers' answers to one search, refusing all of them if one fails a check.
 
         The slot counter, the block versions and the live templates are read after the answers
@@ -275,10 +278,11 @@ class Gateway:
         """
         with self.session() as session:
             refs = block_refs(session, gallery_id, model_version)
+            owners = store.slot_owners(session, gallery_id, model_version)
             state = checks.GalleryState.of(
                 store.slots_allocated(session, gallery_id, model_version),
                 {block_no: ref.version for block_no, ref in refs.items()},
-                store.slot_owners(session, gallery_id, model_version),
+                owners,
             )
         capacity = 2 * self.keys.slots
         decrypted = []
@@ -295,7 +299,7 @@ class Gateway:
                     what = f"block {result.block_no} ({result.source})"
                     checks.check_scores(layout, vector, allowed, tolerance, what)
                     decrypted.append((result, vector))
-        return decrypted
+        return decrypted, owners
 
     @contextlib.contextmanager
     def _refusing_forgery(self, task: str, worker: str, gallery_id: int | None = None) -> Iterator[None]:
@@ -344,9 +348,7 @@ class Gateway:
         self, gallery_id: int, model_version: str, probe: str, top_k: int, subject_filter: str | None = None
     ) -> list[Candidate]:
         """Top-``top_k`` subjects for an encrypted probe (best template per subject)."""
-        decrypted = self._scatter(gallery_id, model_version, probe)
-        with self.session() as session:
-            owners = store.slot_owners(session, gallery_id, model_version)
+        decrypted, owners = self._scatter(gallery_id, model_version, probe)
         live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
         ranked = ranking.top_k(decrypted, live, top_k, self.keys.slots)
         return [Candidate(subject, round(similarity, 6)) for subject, similarity in ranked]
@@ -448,7 +450,7 @@ class Gateway:
 
     def _slot_similarity(self, gallery_id: int, version: str, probe: str, slot: tuple[int, int]) -> float:
         """Decrypted similarity of ``probe`` to the template in ``(block_no, slot)``."""
-        decrypted = self._scatter(gallery_id, version, probe)
+        decrypted, _ = self._scatter(gallery_id, version, probe)
         ranked = ranking.top_k(decrypted, {slot: "template"}, 1, self.keys.slots)
         if not ranked:
             raise errors.NotFound("the template was deleted while it was being compared")
