@@ -7,12 +7,15 @@ import stat
 import numpy as np
 import pytest
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from veilface.crypto.codec import Kind
 from veilface.crypto.params import CkksParams
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.errors import InvalidCiphertext, KeyMismatch, SecretKeyInPublicContext
+from veilface.search.delta import load_template, merge_groups, score_delta
+from veilface.search.engine import MaskCache, prepare_probe
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_fingerprint_mismatch_detected(tmp_path, ctx, secret):
         secret.check_fingerprint(other_fingerprint)
     foreign = other.dumps(other.encrypt(np.ones(4), other.score_level), Kind.SCORE)
     with pytest.raises(InvalidCiphertext):
-        secret.decrypt_scores(foreign)
+        secret.decrypt_scores(foreign, "delta")
     with pytest.raises(InvalidCiphertext):
         ctx.loads(encrypt_probe(other, np.ones(128)), Kind.PROBE, level=ctx.top_level)
 
@@ -102,7 +105,46 @@ def test_wrong_kind_or_level_rejected(ctx, secret):
     with pytest.raises(InvalidCiphertext):
         ctx.loads(template, Kind.TEMPLATE, level=ctx.packed_level)
     with pytest.raises(InvalidCiphertext):
-        secret.decrypt_scores(template)
+        secret.decrypt_scores(template, "delta")
+
+
+def _pair_score(ctx: PublicContext, vector: np.ndarray) -> sealapi.Ciphertext:
+    """The matcher's genuine 1:1 score of ``vector`` against itself (score level, delta scale)."""
+    dim = len(vector)
+    probe = prepare_probe(ctx, encrypt_probe(ctx, vector), dim)
+    groups = merge_groups(ctx, dim, [(0, load_template(ctx, encrypt_template(ctx, vector, 0), dim))])
+    return score_delta(ctx, groups, probe, MaskCache(ctx, dim))
+
+
+def _stolen_template(ctx: PublicContext, vector: np.ndarray, level) -> sealapi.Ciphertext:
+    """What a lying matcher makes of a stored template: rotated, switched down to ``level``."""
+    template = ctx.loads(encrypt_template(ctx, vector, 5), Kind.TEMPLATE, level=ctx.top_level)
+    rotated = ctx.rotate(template, 5)
+    ctx.evaluator.mod_switch_to_inplace(rotated, level)
+    return rotated
+
+
+def test_genuine_scores_decrypt_with_their_own_scale_only(ctx, secret):
+    vector = np.random.default_rng(1).standard_normal(128)
+    score = ctx.dumps(_pair_score(ctx, vector), Kind.SCORE)
+    assert secret.decrypt_scores(score, "delta")[0].real == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(InvalidCiphertext, match="scale"):
+        secret.decrypt_scores(score, "block")
+
+
+def test_a_template_relabelled_as_a_score_is_not_decrypted(ctx, secret):
+    vector = np.random.default_rng(2).standard_normal(128)
+    genuine = _pair_score(ctx, vector)
+    for level in (ctx.top_level, ctx.packed_level):
+        stolen = _stolen_template(ctx, vector, level)
+        stolen.scale = genuine.scale
+        with pytest.raises(InvalidCiphertext, match="level"):
+            secret.decrypt_scores(ctx.dumps(stolen, Kind.SCORE), "delta")
+    at_score_level = _stolen_template(ctx, vector, ctx.score_level)
+    for scale in (at_score_level.scale, genuine.scale * 48, genuine.scale * (1 + 1e-12)):
+        at_score_level.scale = scale
+        with pytest.raises(InvalidCiphertext, match="scale"):
+            secret.decrypt_scores(ctx.dumps(at_score_level, Kind.SCORE), "delta")
 
 
 def test_template_vectors_are_validated(ctx):

@@ -8,10 +8,12 @@ import pytest
 from sqlalchemy import delete, insert, select
 
 from veilface.config import load_settings
+from veilface.crypto.layout import BlockLayout
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.errors import InvalidCiphertext
 from veilface.search import ranking
+from veilface.search.checks import check_scores, noise_tolerance
 from veilface.search.compaction import compact_block
 from veilface.search.packer import pack_block
 from veilface.search.repository import write_block
@@ -70,11 +72,25 @@ def slot_position(n: int, capacity: int) -> tuple[int, int]:
     return n // capacity, n % capacity
 
 
+#: Slots ever allocated per block in the engine test (what the gateway reads from the slot counter).
+ALLOCATED = {0: PACKED + DELTA, 1: DELTA_NEXT}
+
+
 def decrypt(secret, results):
-    return [(result, secret.decrypt_scores(result.ciphertext)) for result in results]
+    """Decrypt as the gateway does, each result passing the gateway's checks on genuine scores."""
+    decrypted = []
+    for result in results:
+        vector = secret.decrypt_scores(result.ciphertext, result.source)
+        if result.source == "block":
+            allowed, tolerance = np.arange(ALLOCATED[result.block_no]), noise_tolerance(result.block_version)
+        else:
+            allowed, tolerance = np.asarray(result.slots), noise_tolerance(0)
+        check_scores(BlockLayout(secret.slots, result.dim), vector, allowed, tolerance, result.source)
+        decrypted.append((result, vector))
+    return decrypted
 
 
-def check_scores(ctx, decrypted, templates, probe, capacity):
+def check_plain_scores(ctx, decrypted, templates, probe, capacity):
     expected = templates @ probe
     seen = set()
     for result, vector in decrypted:
@@ -128,7 +144,7 @@ def test_engine_matches_plaintext_through_the_database(keys, data, factory):
         shard.refresh(session)
     results = shard.search(encrypt_probe(ctx, probe))
     assert [(r.block_no, r.source) for r in results] == [(0, "block"), (0, "delta"), (1, "delta")]
-    covered = check_scores(ctx, decrypt(secret, results), gallery_vectors, probe, capacity)
+    covered = check_plain_scores(ctx, decrypt(secret, results), gallery_vectors, probe, capacity)
     assert covered == set(packed) | set(delta)
 
     # Ranking: the tombstoned best match and empty slots never rank.
@@ -159,7 +175,7 @@ def test_engine_matches_plaintext_through_the_database(keys, data, factory):
     assert not shard.delta
     results = shard.search(encrypt_probe(ctx, probe))
     assert [(r.block_no, r.block_version, r.source) for r in results] == [(0, 2, "block"), (1, 1, "block")]
-    covered = check_scores(ctx, decrypt(secret, results), gallery_vectors, probe, capacity)
+    covered = check_plain_scores(ctx, decrypt(secret, results), gallery_vectors, probe, capacity)
     assert covered == (set(packed) | set(delta)) - {deleted}
 
 

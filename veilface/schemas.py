@@ -189,3 +189,29 @@ def score_to_message(result: ScoreResult) -> dict[str, Any]:
 
 def score_from_message(msg: dict[str, Any]) -> ScoreResult:
     return ScoreResult(**{**msg, "slots": tuple(msg["slots"]), "ciphertext": b64decode(msg["ciphertext"])})
+
+
+@dataclass(frozen=True)
+class ScoreAnswer:
+    """A matcher's answer to a search or a pair: its score ciphertexts, signed with its name.
+
+    ``worker`` is the matcher's Celery node name, so that the gateway can name a matcher
+    whose answer fails its checks; the gateway trusts nothing else the answer says.
+    """
+
+    worker: str
+    scores: tuple[ScoreResult, ...]
+
+    def to_message(self) -> dict[str, Any]:
+        return {"worker": self.worker, "scores": [score_to_message(s) for s in self.scores]}
+
+    @classmethod
+    def from_message(cls, msg: Any) -> ScoreAnswer:
+        """Parse an answer; :class:`errors.BadRequest` if it is not one."""
+        try:
+            worker, scores = msg["worker"], tuple(score_from_message(m) for m in msg["scores"])
+        except (KeyError, TypeError, AttributeError, errors.InvalidCiphertext) as exc:
+            raise errors.BadRequest(f"malformed score answer: {type(exc).__name__}") from None
+        if not isinstance(worker, str) or not all(isinstance(s.ciphertext, bytes) for s in scores):
+            raise errors.BadRequest("malformed score answer")
+        return cls(worker, scores)

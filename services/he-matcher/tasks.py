@@ -23,10 +23,10 @@ from veilface.schemas import (
     TASK_COMPACT,
     TASK_PAIR,
     TASK_SEARCH,
+    ScoreAnswer,
     SearchRequest,
     b64decode,
     error_payload,
-    score_to_message,
 )
 from veilface.search import repository
 from veilface.search.compaction import compact_block
@@ -93,8 +93,8 @@ def _ciphertext(text: object) -> tuple[bytes, int]:
     return blob, dim
 
 
-@app.task(name=TASK_SEARCH, **TASK_OPTIONS)
-def search(message: dict) -> list[dict] | dict:
+@app.task(name=TASK_SEARCH, bind=True, **TASK_OPTIONS)
+def search(self, message: dict) -> dict:
     """Score one probe on the blocks (packed and delta) the gateway assigned to this worker."""
     try:
         request = _search_request(message)
@@ -103,14 +103,14 @@ def search(message: dict) -> list[dict] | dict:
         shard.assign(request.blocks)
         with session_scope(runtime.sessions) as session:
             shard.refresh(session)
-        return [score_to_message(result) for result in shard.search(probe)]
+        return ScoreAnswer(self.request.hostname, tuple(shard.search(probe))).to_message()
     except errors.VeilfaceError as exc:
         log.warning("search refused: %s", exc.message)
         return error_payload(exc)
 
 
-@app.task(name=TASK_PAIR, **TASK_OPTIONS)
-def pair(probe_b64: str, template_b64: str) -> dict:
+@app.task(name=TASK_PAIR, bind=True, **TASK_OPTIONS)
+def pair(self, probe_b64: str, template_b64: str) -> dict:
     """1:1 score of a probe against one template ciphertext (slot 0), both encrypted."""
     try:
         (probe, dim), (template, _) = _ciphertext(probe_b64), _ciphertext(template_b64)
@@ -118,7 +118,7 @@ def pair(probe_b64: str, template_b64: str) -> dict:
         groups = merge_groups(ctx, dim, [(0, load_template(ctx, template, dim))])
         scores = score_delta(ctx, groups, prepare_probe(ctx, probe, dim), MaskCache(ctx, dim))
         result = ScoreResult(0, 0, "delta", dim, (0,), ctx.dumps(scores, Kind.SCORE))
-        return score_to_message(result)
+        return ScoreAnswer(self.request.hostname, (result,)).to_message()
     except errors.VeilfaceError as exc:
         log.warning("pair refused: %s", exc.message)
         return error_payload(exc)

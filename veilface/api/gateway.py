@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import flask
+import numpy as np
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
@@ -23,8 +25,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors, sharding
+from veilface.api.health import FORGED_ANSWERS
 from veilface.api.ratelimit import RateLimiter
 from veilface.config import Settings
+from veilface.crypto.codec import peek_dim
+from veilface.crypto.layout import BlockLayout
 from veilface.crypto.secret import SecretContext
 from veilface.payload import PayloadSealer
 from veilface.queue import send_signed
@@ -42,22 +47,30 @@ from veilface.schemas import (
     FaceBox,
     Probe,
     ProbeRequest,
+    ScoreAnswer,
     SearchRequest,
+    b64decode,
     b64encode,
     raise_for_error,
-    score_from_message,
 )
-from veilface.search import ranking
+from veilface.search import checks, ranking
+from veilface.search.checks import ShardPlan
+from veilface.search.repository import block_refs
 from veilface.search.results import ScoreResult
 from veilface.signing import TaskSigner
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
+from veilface.store.models import AuditEntry, Gallery
 from veilface.workers import MATCHER, live_workers
 
 log = logging.getLogger(__name__)
 
 #: A request that carries a sealed image: :class:`EnrollRequest` or :class:`ProbeRequest`.
 ImageRequest = TypeVar("ImageRequest", EnrollRequest, ProbeRequest)
+#: Decrypted score vectors, each with the result it came from.
+Decrypted = list[tuple[ScoreResult, np.ndarray]]
+#: ``(block_no, slot)`` of every live template and its owner.
+Owners = dict[tuple[int, int], store.SlotOwner]
 
 
 @dataclass(frozen=True)
@@ -235,32 +248,99 @@ class Gateway:
         faces = self._call(TASK_PROBE, [self._sealed(request, image).to_message()], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
-    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> list[ScoreResult]:
-        """Score ``probe`` on every shard; any missing shard makes the whole search fail.
+    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> tuple[Decrypted, Owners]:
+        """Score ``probe`` on every shard and decrypt the checked answers, with the owners of the
+        live slots read after the answers came; any missing or refused shard fails the search.
 
         Each block number (its packed block and its delta) goes to one live matcher by
         rendezvous hashing, so a gallery is spread over all matchers and a new matcher
-        takes over only its share.
+        takes over only its share. The gateway keeps that plan and decrypts only answers
+        that fit it (:meth:`_checked_search`).
         """
+        dim = peek_dim(b64decode(probe))
         with self.session() as session:
             block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
             matchers = self._own_matchers(live_workers(session, MATCHER, self.settings.worker_ttl_s))
         if not block_nos:
-            return []
+            return [], {}
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
         queues = {w.name: w.queue for w in matchers}
-        plan = sharding.assign(list(queues), block_nos, key=lambda b: f"{gallery_id}:{model_version}:{b}")
+        assignment = sharding.assign(
+            list(queues), block_nos, key=lambda b: f"{gallery_id}:{model_version}:{b}"
+        )
         pending = []
-        for name, blocks in plan.items():
+        for name, blocks in assignment.items():
             if not blocks:
                 continue
             request = SearchRequest(gallery_id, model_version, probe, blocks)
-            pending.append(self._send(TASK_SEARCH, [request.to_message()], queues[name]))
-        scores: list[ScoreResult] = []
-        for result in pending:
-            scores.extend(score_from_message(m) for m in self._wait(result, TASK_SEARCH))
-        return scores
+            plan = ShardPlan(name, dim, frozenset(blocks))
+            pending.append((plan, self._send(TASK_SEARCH, [request.to_message()], queues[name])))
+        answers = [(plan, self._wait(result, TASK_SEARCH)) for plan, result in pending]
+        return self._checked_search(gallery_id, model_version, answers)
+
+    def _checked_search(
+        self, gallery_id: int, model_version: str, answers: list[tuple[ShardPlan, Any]]
+    ) -> tuple[Decrypted, Owners]:
+        """Decrypt the matchers' answers to one search, refusing all of them if one fails a check.
+
+        The slot counter, the block versions and the live templates are read after the answers
+        came, so every template a matcher could have seen counts as allocated.
+        """
+        with self.session() as session:
+            refs = block_refs(session, gallery_id, model_version)
+            owners = store.slot_owners(session, gallery_id, model_version)
+            state = checks.GalleryState.of(
+                store.slots_allocated(session, gallery_id, model_version),
+                {block_no: ref.version for block_no, ref in refs.items()},
+                owners,
+            )
+        capacity = 2 * self.keys.slots
+        decrypted = []
+        for plan, message in answers:
+            with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
+                answer = ScoreAnswer.from_message(message)
+                if answer.worker != plan.worker:
+                    raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
+                checks.check_shard_answer(plan, answer.scores, state, capacity)
+                layout = BlockLayout(self.keys.slots, plan.dim)
+                for result in answer.scores:
+                    allowed, tolerance = checks.expected_lanes(result, state, capacity)
+                    vector = self.keys.decrypt_scores(result.ciphertext, result.source)
+                    what = f"block {result.block_no} ({result.source})"
+                    checks.check_scores(layout, vector, allowed, tolerance, what)
+                    decrypted.append((result, vector))
+        return decrypted, owners
+
+    @contextlib.contextmanager
+    def _refusing_forgery(self, task: str, worker: str, gallery_id: int | None = None) -> Iterator[None]:
+        """Turn a failed check on a matcher's answer into ``Unavailable`` for the client, with an
+        ERROR log line, a metric and an audit row naming the matcher (never a decrypted value)."""
+        try:
+            yield
+        except (checks.ForgedAnswer, errors.BadRequest, errors.InvalidCiphertext) as exc:
+            reason = exc.reason if isinstance(exc, checks.ForgedAnswer) else exc.message
+            log.error("refused the answer of he-matcher %s to %s: %s", worker[:128], task, reason)
+            FORGED_ANSWERS.labels(task=task).inc()
+            self._audit_forgery(worker, gallery_id)
+            raise errors.Unavailable(
+                "a matcher returned scores that fail the gateway's checks; the answer was refused"
+            ) from None
+
+    def _audit_forgery(self, worker: str, gallery_id: int | None) -> None:
+        """An audit row ``forged_scores``/``refused``; the subject column names the matcher."""
+        api_key_id = flask.g.get("api_key_id") if flask.has_request_context() else None
+        with self.session() as session:
+            gallery = session.get(Gallery, gallery_id) if gallery_id is not None else None
+            session.add(
+                AuditEntry(
+                    api_key_id=api_key_id,
+                    action="forged_scores",
+                    gallery=gallery.name if gallery else None,
+                    subject=f"worker:{worker}"[:255],
+                    outcome="refused",
+                )
+            )
 
     def _own_matchers(self, workers: list) -> list:
         """The matchers of this key set; a matcher of another one is never sent work (logged once)."""
@@ -279,11 +359,8 @@ class Gateway:
         self, gallery_id: int, model_version: str, probe: str, top_k: int, subject_filter: str | None = None
     ) -> list[Candidate]:
         """Top-``top_k`` subjects for an encrypted probe (best template per subject)."""
-        scores = self._scatter(gallery_id, model_version, probe)
-        with self.session() as session:
-            owners = store.slot_owners(session, gallery_id, model_version)
+        decrypted, owners = self._scatter(gallery_id, model_version, probe)
         live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
-        decrypted = [(s, self.keys.decrypt_scores(s.ciphertext)) for s in scores]
         ranked = ranking.top_k(decrypted, live, top_k, self.keys.slots)
         return [Candidate(subject, round(similarity, 6)) for subject, similarity in ranked]
 
@@ -326,10 +403,17 @@ class Gateway:
 
     def _pair_similarity(self, probe: Probe, template: Probe) -> float:
         """Similarity of a probe and a template-layout ciphertext, scored by a matcher."""
-        result = score_from_message(
-            self._call(TASK_PAIR, [probe.ciphertext, template.ciphertext], MATCH_QUEUE)
-        )
-        decrypted = [(result, self.keys.decrypt_scores(result.ciphertext))]
+        message = self._call(TASK_PAIR, [probe.ciphertext, template.ciphertext], MATCH_QUEUE)
+        dim = peek_dim(b64decode(probe.ciphertext))
+        worker = message.get("worker") if isinstance(message, dict) else None
+        with self._refusing_forgery(TASK_PAIR, worker if isinstance(worker, str) else "(unnamed)"):
+            answer = ScoreAnswer.from_message(message)
+            checks.check_pair_answer(list(answer.scores), dim)
+            (result,) = answer.scores
+            vector = self.keys.decrypt_scores(result.ciphertext, result.source)
+            layout = BlockLayout(self.keys.slots, dim)
+            checks.check_scores(layout, vector, np.array([0]), checks.noise_tolerance(0), "pair")
+        decrypted = [(result, vector)]
         ((_, similarity),) = ranking.top_k(decrypted, {(0, 0): "pair"}, 1, self.keys.slots)
         return round(similarity, 6)
 
@@ -377,8 +461,7 @@ class Gateway:
 
     def _slot_similarity(self, gallery_id: int, version: str, probe: str, slot: tuple[int, int]) -> float:
         """Decrypted similarity of ``probe`` to the template in ``(block_no, slot)``."""
-        scores = self._scatter(gallery_id, version, probe)
-        decrypted = [(s, self.keys.decrypt_scores(s.ciphertext)) for s in scores]
+        decrypted, _ = self._scatter(gallery_id, version, probe)
         ranked = ranking.top_k(decrypted, {slot: "template"}, 1, self.keys.slots)
         if not ranked:
             raise errors.NotFound("the template was deleted while it was being compared")

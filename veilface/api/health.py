@@ -25,6 +25,12 @@ LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 
+FORGED_ANSWERS = Counter(
+    "veilface_refused_matcher_answers_total",
+    "Matcher answers refused because they failed the gateway's score checks",
+    ["task"],
+)
+
 
 def _check_database(gateway) -> dict:
     with gateway.session() as session:

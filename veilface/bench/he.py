@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
             if delta_results:
                 per_delta.append((time.perf_counter() - start) / sum(len(r.slots) for r in delta_results))
             results += delta_results
-            decrypted = [(r, secret.decrypt_scores(r.ciphertext)) for r in results]
+            decrypted = [(r, secret.decrypt_scores(r.ciphertext, r.source)) for r in results]
             plain = templates @ query
             for result, vector in decrypted:
                 slots = np.asarray(result.slots)

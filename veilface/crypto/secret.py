@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tenseal as ts
@@ -17,7 +18,11 @@ from veilface.crypto import codec
 from veilface.crypto.codec import Kind
 from veilface.crypto.params import CkksParams
 from veilface.crypto.public import fingerprint_of
-from veilface.errors import KeyMismatch
+from veilface.errors import InvalidCiphertext, KeyMismatch
+
+#: What produced a score ciphertext: a packed block (``score_block``) or delta groups
+#: (``score_delta``, also the 1:1 pair score).
+ScoreSource = Literal["block", "delta"]
 
 _SECRET_MAGIC = b"VFSK1\n"
 
@@ -57,6 +62,20 @@ def generate_keyset(key_dir: str | Path, params: CkksParams | None = None) -> st
     return fingerprint
 
 
+def _genuine_score_scales(scale: float, *, top_prime: float, packed_prime: float) -> dict[str, float]:
+    """The exact scale (as SEAL computes it, in doubles) of each kind of genuine score.
+
+    A block score multiplies a diagonal and a probe rotation (both at ``scale``, packed
+    level) and rescales once by the packed level's last prime. A delta score multiplies a
+    template and the probe (top level), rescales by the top level's last prime, multiplies
+    a mask encoded at ``scale`` and rescales by the packed level's last prime.
+    """
+    return {
+        "block": scale * scale / packed_prime,
+        "delta": scale * scale / top_prime * scale / packed_prime,
+    }
+
+
 class SecretContext:
     """The gateway's secret key: decrypts score ciphertexts of its own key set."""
 
@@ -65,8 +84,14 @@ class SecretContext:
         self._seal = context.seal_context().data
         self._encoder = sealapi.CKKSEncoder(self._seal)
         self._decryptor = sealapi.Decryptor(self._seal, context.data.secret_key())
-        packed = self._seal.first_context_data().next_context_data()
-        self._score_levels = [list(packed.parms_id()), list(packed.next_context_data().parms_id())]
+        top = self._seal.first_context_data()
+        packed = top.next_context_data()
+        self._score_level = [list(packed.next_context_data().parms_id())]
+        self._score_scales = _genuine_score_scales(
+            context.global_scale,
+            top_prime=float(top.parms().coeff_modulus()[-1].value()),
+            packed_prime=float(packed.parms().coeff_modulus()[-1].value()),
+        )
 
     @property
     def slots(self) -> int:
@@ -92,16 +117,24 @@ class SecretContext:
                 f"public context {fingerprint[:12]} does not match secret key {self.fingerprint[:12]}"
             )
 
-    def decrypt_scores(self, blob: bytes) -> np.ndarray:
-        """Decrypt one score ciphertext (size 2 or 3) into its complex slot vector."""
+    def decrypt_scores(self, blob: bytes, source: ScoreSource) -> np.ndarray:
+        """Decrypt one score ciphertext (size 2 or 3) into its complex slot vector.
+
+        Only a ciphertext at the score level (the lowest data level) with exactly the scale a
+        genuine ``source`` score has is decrypted (see :func:`_genuine_score_scales`); anything
+        else, a template or a block diagonal relabelled as a score or an edited scale among
+        them, raises :class:`InvalidCiphertext` before the secret key touches it.
+        """
         ciphertext = codec.loads(
             blob,
             seal_context=self._seal,
             fingerprint=self.fingerprint,
             kind=Kind.SCORE,
-            parms_ids=self._score_levels,
+            parms_ids=self._score_level,
             sizes=(2, 3),
         )
+        if ciphertext.scale != self._score_scales[source]:
+            raise InvalidCiphertext(f"score ciphertext with a scale no {source} score has")
         plain = sealapi.Plaintext()
         self._decryptor.decrypt(ciphertext, plain)
         return np.asarray(self._encoder.decode_complex(plain))

@@ -40,7 +40,7 @@ def decrypt_similarity(keys: SecretContext, score: bytes, dim: int) -> float:
     """The gateway's reading of a 1:1 score ciphertext: slot 0's score, rounded to 6 decimals."""
     result = ScoreResult(0, 0, "delta", dim, (0,), score)
     ((_, similarity),) = ranking.top_k(
-        [(result, keys.decrypt_scores(result.ciphertext))], {(0, 0): "pair"}, 1, keys.slots
+        [(result, keys.decrypt_scores(result.ciphertext, result.source))], {(0, 0): "pair"}, 1, keys.slots
     )
     return round(similarity, 6)
 

@@ -168,6 +168,12 @@ def next_sequence(session: Session, gallery_id: int, model_version: str) -> int:
     return session.scalar(select(SlotCounter.next_slot).where(where)) - 1
 
 
+def slots_allocated(session: Session, gallery_id: int, model_version: str) -> int:
+    """How many template positions of the gallery were ever handed out (the slot counter)."""
+    where = (SlotCounter.gallery_id == gallery_id) & (SlotCounter.model_version == model_version)
+    return session.scalar(select(SlotCounter.next_slot).where(where)) or 0
+
+
 def slot_owners(session: Session, gallery_id: int, model_version: str) -> dict[tuple[int, int], SlotOwner]:
     """``(block_no, slot) -> owner`` for every live template; tombstoned slots are absent."""
     rows = session.execute(

@@ -1,0 +1,131 @@
+"""A he-matcher that lies, for tests/test_malicious_matcher.py only.
+
+It is the real worker (``services/he-matcher/tasks.py``, public keys, the real database)
+with its search and pair tasks replaced by versions that answer as an attacker who holds
+the matcher would. Start it from ``services/he-matcher`` with
+``celery -A lying_matcher worker -Q match ...`` and the repository root on ``PYTHONPATH``.
+
+The lie is read at every task from the file named by ``LYING_MATCHER_MODE_FILE``:
+
+* ``honest``: the real answer;
+* ``relabel_packed``: a victim's stored template, rotated with the public Galois keys,
+  switched down to the packed level and labelled a score (the attack of issue 20);
+* ``relabel``: the same template switched down to the score level, its scale field set to
+  the scale a genuine score has, so that only the gateway's value checks stand in the way;
+* ``scale``: the real answer with its scale field divided by 48 (the decrypted scores come
+  out 48 times larger: a forged match);
+* ``redis``: the ``relabel`` answer written straight into the Redis result backend for
+  the pending task, as anyone who can write to Redis could; the task itself answers late.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+from sqlalchemy import select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services" / "he-matcher"))
+
+import tasks as real
+
+from veilface.crypto.codec import Kind
+from veilface.schemas import TASK_PAIR, TASK_SEARCH, ScoreAnswer
+from veilface.search.results import ScoreResult
+from veilface.store.db import session_scope
+from veilface.store.models import Template
+
+app = real.app
+ctx = real.runtime.context
+#: How far each stolen template is rotated: a new component reaches slot 0 at every call.
+_rotation = {"steps": 0}
+
+
+def _mode() -> str:
+    return Path(os.environ["LYING_MATCHER_MODE_FILE"]).read_text().strip()
+
+
+def _stolen_template(dim: int, scale: float, level) -> bytes:
+    """A victim's stored template ciphertext, rotated, switched down to ``level``, relabelled."""
+    with session_scope(real.runtime.sessions) as session:
+        blob = session.scalar(select(Template.ciphertext).where(Template.state == "delta").limit(1))
+    template = ctx.loads(blob, Kind.TEMPLATE, level=ctx.top_level)
+    _rotation["steps"] = (_rotation["steps"] + 1) % dim
+    stolen = ctx.rotate(template, _rotation["steps"])
+    ctx.evaluator.mod_switch_to_inplace(stolen, level)
+    stolen.scale = scale
+    return ctx.dumps(stolen, Kind.SCORE)
+
+
+def _scaled(blob: bytes, factor: float) -> bytes:
+    ciphertext = ctx.loads(blob, Kind.SCORE, level=ctx.score_level, sizes=(2, 3))
+    ciphertext.scale = ciphertext.scale * factor
+    return ctx.dumps(ciphertext, Kind.SCORE)
+
+
+def _lie(answer: dict, mode: str) -> dict:
+    """The lying version of the honest ``answer`` (a ScoreAnswer message)."""
+    honest = ScoreAnswer.from_message(answer)
+    lied = []
+    for result in honest.scores:
+        genuine = ctx.loads(result.ciphertext, Kind.SCORE, level=ctx.score_level, sizes=(2, 3))
+        if mode == "scale":
+            blob = _scaled(result.ciphertext, 1 / 48)
+        else:
+            level = ctx.packed_level if mode == "relabel_packed" else ctx.score_level
+            blob = _stolen_template(result.dim, genuine.scale, level)
+        lied.append(
+            ScoreResult(result.block_no, result.block_version, result.source, result.dim, result.slots, blob)
+        )
+    return ScoreAnswer(honest.worker, tuple(lied)).to_message()
+
+
+def _answer(task, honest: dict) -> dict:
+    """``honest`` (the real task's answer, signed with this worker's name) or the lie of the mode."""
+    honest = {**honest, "worker": task.request.hostname} if "worker" in honest else honest
+    mode = _mode()
+    if mode == "honest" or "error" in honest:
+        return honest
+    lied = _lie(honest, "relabel" if mode == "redis" else mode)
+    if mode != "redis":
+        return lied
+    _write_result(task.request.id, lied)
+    time.sleep(3)  # the forged result is read first; this late answer goes nowhere
+    return {"error": {"code": "unavailable", "message": "late"}}
+
+
+def _write_result(task_id: str, result: dict) -> None:
+    """Store ``result`` as the task's result the way Celery's Redis backend does: SET, then PUBLISH."""
+    key = f"celery-task-meta-{task_id}"
+    meta = json.dumps(
+        {
+            "status": "SUCCESS",
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": task_id,
+        }
+    )
+    client = redis.Redis.from_url(real.settings.celery_result_backend)
+    client.set(key, meta, ex=600)
+    client.publish(key, meta)
+
+
+app.tasks.unregister(TASK_SEARCH)
+app.tasks.unregister(TASK_PAIR)
+
+
+@app.task(name=TASK_SEARCH, bind=True, **real.TASK_OPTIONS)
+def search(self, message: dict) -> dict:
+    return _answer(self, real.search.run(message))
+
+
+@app.task(name=TASK_PAIR, bind=True, **real.TASK_OPTIONS)
+def pair(self, probe_b64: str, template_b64: str) -> dict:
+    return _answer(self, real.pair.run(probe_b64, template_b64))

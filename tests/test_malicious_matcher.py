@@ -1,0 +1,224 @@
+"""A lying he-matcher against the real stack (MariaDB + Redis): the attacks of issue 20 replayed.
+
+The stack of this module has its own Redis server and MariaDB database, one embedder and,
+as its only matcher, ``tests/lying_matcher.py``: the real worker whose search and pair
+tasks answer as an attacker holding the matcher would, the lie chosen per test through a
+file. Every lie must end in a clean 503 with no decrypted value in the body, an audit row
+``forged_scores`` naming the matcher, the refusal counter in ``/metrics`` and an ERROR line
+in the gateway's log; an honest answer must still be served.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from tests.conftest import MYSQL_HOST, _stack_env, drop_mysql_database, free_port, fresh_mysql_database
+from tests.test_faults import Logs, PrivateRedis, wait_for
+from veilface.schemas import TASK_PAIR, TASK_SEARCH
+from veilface.stack import SERVICES, Stack
+
+GALLERY = "victims"
+REFUSED = "veilface_refused_matcher_answers_total"
+
+
+@dataclass
+class Attacked:
+    """The private stack with its lying matcher, and what was enrolled."""
+
+    stack: Stack
+    database: str
+    headers: dict[str, str]
+    mode_file: Path
+    logs: Logs
+    matcher: str
+    #: Enrolled people: (subject, enrolled photo, another photo of them).
+    people: list[tuple[str, Path, Path]]
+
+    def lie(self, mode: str) -> None:
+        self.mode_file.write_text(mode)
+
+    def post(self, path: str, **files: Path) -> requests.Response:
+        return requests.post(
+            f"{self.stack.url}{path}",
+            headers=self.headers,
+            files=[(name, photo.read_bytes()) for name, photo in files.items()],
+            timeout=120,
+        )
+
+    def query(self, sql: str) -> list[tuple]:
+        engine = create_engine(f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{self.database}?charset=utf8mb4")
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(sql))]
+        finally:
+            engine.dispose()
+
+    def audit_rows(self) -> list[tuple]:
+        return self.query(
+            "SELECT action, gallery, subject, outcome FROM audit_log "
+            "WHERE action = 'forged_scores' ORDER BY id"
+        )
+
+    def states(self) -> list[str]:
+        """The templates' states, sorted: a search meets a packed block and a delta."""
+        return sorted(state for (state,) in self.query("SELECT state FROM templates"))
+
+    def refused_count(self, task: str) -> float:
+        body = requests.get(f"{self.stack.url}/metrics", timeout=30).text
+        found = re.search(rf'^{REFUSED}{{task="{re.escape(task)}"}} (\S+)$', body, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+
+def _start_lying_matcher(stack: Stack, mode_file: Path, log_dir: Path) -> subprocess.Popen:
+    env = {
+        **stack.env,
+        "LYING_MATCHER_MODE_FILE": str(mode_file),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SERVICES.parent), stack.env.get("PYTHONPATH")])),
+    }
+    argv = [
+        str(Path(sys.executable).with_name("celery")),
+        *("-A", "tests.lying_matcher", "worker", "-Q", "match", "--pool", "solo", "-n", "matcher1@%h"),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"),
+    ]
+    with (log_dir / "matcher1.log").open("ab") as log:  # the child keeps its own descriptor
+        cwd = SERVICES / "he-matcher"
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
+    folder = tmp_path_factory.mktemp("malicious")
+    private_redis = PrivateRedis(folder / "redis")
+    private_redis.start()
+    database = f"veilface_malicious_{os.getpid()}"
+    env = _stack_env(
+        folder / "var",
+        key_dir,
+        VEILFACE_DATABASE_URL=fresh_mysql_database(database),
+        VEILFACE_BROKER_URL=private_redis.url,
+        VEILFACE_TASK_TIMEOUT_S="60",
+    )
+    env["VEILFACE_GATEWAY_WORKERS"] = "1"  # one process: its /metrics counts every refusal
+    env["VEILFACE_COMPACTION_THRESHOLD"] = "2"  # the first two are packed, the third stays in the delta
+    log_dir = folder / "logs"
+    stack = Stack(env=env, bind=f"127.0.0.1:{free_port()}", matchers=0, log_dir=log_dir)
+    mode_file = folder / "lie"
+    mode_file.write_text("honest")
+    stack.start()
+    liar = _start_lying_matcher(stack, mode_file, log_dir)
+    try:
+        stack.wait_ready()
+        people = [(photos[0].parent.name, photos[0], photos[1]) for photos in lfw_people[:3]]
+        headers = {"X-API-Key": env["VEILFACE_BOOTSTRAP_API_KEY"]}
+        matcher = requests.get(f"{stack.url}/readyz", timeout=30).json()["checks"]["he_matcher"]["online"]
+        attacked = Attacked(stack, database, headers, mode_file, Logs(log_dir), matcher[0]["name"], people)
+        for count, (subject, photo, _) in enumerate(people, 1):
+            r = attacked.post(f"/v1/galleries/{GALLERY}/subjects/{subject}/faces?face=main", image=photo)
+            assert r.status_code == 201, r.text
+            if count == 2:  # the second enrollment reaches the threshold: a packed block, then a delta
+                wait_for(lambda: attacked.states() == ["packed", "packed"], 120, "the first two to be packed")
+        assert attacked.states() == ["delta", "packed", "packed"]
+        yield attacked
+    finally:
+        liar.terminate()
+        liar.wait(timeout=30)
+        stack.stop()
+        private_redis.kill()
+        drop_mysql_database(database)
+
+
+def assert_refused(attacked: Attacked, response: requests.Response, task: str, before: tuple) -> None:
+    """A clean 503 that carries no number, plus the audit row, the metric and the log line."""
+    rows, count = before
+    assert response.status_code == 503, response.text[:300]
+    body = response.json()
+    assert body == {"error": {"code": "unavailable", "message": body["error"]["message"]}}
+    assert "refused" in body["error"]["message"] and not re.search(r"\d", body["error"]["message"])
+    new_rows = attacked.audit_rows()[len(rows) :]
+    gallery = GALLERY if task == TASK_SEARCH else None  # a 1:1 pair searches no gallery
+    assert new_rows == [("forged_scores", gallery, f"worker:{attacked.matcher}", "refused")]
+    assert attacked.refused_count(task) == count + 1
+    line = f"refused the answer of he-matcher {attacked.matcher} to {task}"
+    wait_for(lambda: line in attacked.logs.since_mark("gateway"), 10, "the gateway's log line")
+
+
+def state(attacked: Attacked, task: str) -> tuple:
+    attacked.logs.mark()
+    return attacked.audit_rows(), attacked.refused_count(task)
+
+
+def verify_pair(attacked: Attacked, first: Path, second: Path) -> requests.Response:
+    return attacked.post("/v1/verify", image1=first, image2=second)
+
+
+def identify(attacked: Attacked, photo: Path) -> requests.Response:
+    return attacked.post(f"/v1/galleries/{GALLERY}/identify", image=photo)
+
+
+def verify_subject(attacked: Attacked, subject: str, photo: Path) -> requests.Response:
+    return attacked.post(f"/v1/galleries/{GALLERY}/subjects/{subject}/verify", image=photo)
+
+
+def test_honest_answers_pass_every_check(attacked: Attacked):
+    attacked.lie("honest")
+    audited = len(attacked.audit_rows())
+    (alice, enrolled, query), (bob, bob_photo, _) = attacked.people[:2]
+    same = verify_pair(attacked, enrolled, query).json()
+    other = verify_pair(attacked, enrolled, bob_photo).json()
+    assert same["match"] and not other["match"] and -1 <= other["similarity"] < same["similarity"] <= 1
+    faces = identify(attacked, query).json()["faces"]
+    assert faces[0]["match"] == alice
+    assert verify_subject(attacked, alice, query).json()["match"]
+    assert not verify_subject(attacked, bob, query).json()["match"]
+    assert len(attacked.audit_rows()) == audited
+
+
+@pytest.mark.parametrize("lie", ["relabel_packed", "relabel"])
+def test_a_stolen_template_relabelled_as_a_pair_score_is_refused(attacked: Attacked, lie: str):
+    attacked.lie(lie)
+    _, enrolled, query = attacked.people[0]
+    for _ in range(2):  # a new component at slot 0 each call, as the attack needs
+        before = state(attacked, TASK_PAIR)
+        assert_refused(attacked, verify_pair(attacked, enrolled, query), TASK_PAIR, before)
+
+
+@pytest.mark.parametrize("lie", ["relabel_packed", "relabel"])
+def test_a_stolen_template_relabelled_as_search_scores_is_refused(attacked: Attacked, lie: str):
+    attacked.lie(lie)
+    subject, _, query = attacked.people[1]
+    before = state(attacked, TASK_SEARCH)
+    assert_refused(attacked, identify(attacked, query), TASK_SEARCH, before)
+    before = state(attacked, TASK_SEARCH)
+    assert_refused(attacked, verify_subject(attacked, subject, query), TASK_SEARCH, before)
+
+
+def test_an_edited_scale_cannot_forge_a_match(attacked: Attacked):
+    attacked.lie("scale")
+    (alice, enrolled, _), (_, bob_photo, _) = attacked.people[:2]
+    before = state(attacked, TASK_PAIR)
+    assert_refused(attacked, verify_pair(attacked, enrolled, bob_photo), TASK_PAIR, before)
+    before = state(attacked, TASK_SEARCH)
+    assert_refused(attacked, verify_subject(attacked, alice, bob_photo), TASK_SEARCH, before)
+
+
+def test_a_result_forged_in_the_redis_backend_is_refused(attacked: Attacked):
+    attacked.lie("redis")
+    _, enrolled, query = attacked.people[2]
+    before = state(attacked, TASK_SEARCH)
+    assert_refused(attacked, identify(attacked, query), TASK_SEARCH, before)
+    before = state(attacked, TASK_PAIR)
+    assert_refused(attacked, verify_pair(attacked, enrolled, query), TASK_PAIR, before)
+    attacked.lie("honest")
+    assert identify(attacked, query).json()["faces"][0]["match"] == attacked.people[2][0]
