@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import MySQLdb
 import pytest
 import redis
+import requests
 
 from veilface.config import load_settings
-from veilface.stack import Stack
+from veilface.stack import SERVICES, Stack
 
 MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
 #: Concurrent test sessions (several developers on one machine) must not share queues.
 REDIS_URL = os.environ.get("VEILFACE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}")
 MYSQL_DATABASE = f"veilface_test_{os.getpid()}"
 ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
+#: The request limits the session stacks turn off (0).
+UNTHROTTLED = (
+    "VEILFACE_RATE_LIMIT_PER_MINUTE",
+    "VEILFACE_SUBJECT_VERIFY_PER_MINUTE",
+    "VEILFACE_AUTH_FAILURES_PER_MINUTE",
+)
 
 
 def free_port() -> int:
@@ -97,6 +108,9 @@ def _stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:
         VEILFACE_SHARED_DIR=str(load_settings().shared_dir),
         VEILFACE_GATEWAY_WORKERS="2",
         VEILFACE_COMPACTION_THRESHOLD="16",
+        # The session stack serves many test modules with a few read keys from one address:
+        # unthrottled. tests/test_read_key_limits.py runs a gateway with the default limits.
+        **{name: "0" for name in UNTHROTTLED},
         **extra,
     )
     return env
@@ -110,6 +124,35 @@ def _run_stack(env: dict[str, str], var_dir: Path, matchers: int = 1) -> Iterato
         yield stack
     finally:
         stack.stop()
+
+
+@contextmanager
+def gateway_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """One more gunicorn gateway (``env`` names its database, Redis and settings); yields its URL
+    once ``/healthz`` answers. It shares the workers of the stack that uses the same backends."""
+    bind = f"127.0.0.1:{free_port()}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=SERVICES / "gateway",
+            env={**env, "VEILFACE_BIND": bind},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://{bind}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        yield f"http://{bind}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
