@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     id BIGINT NOT NULL AUTO_INCREMENT,
     name VARCHAR(128) NOT NULL,
     key_hash VARCHAR(64) NOT NULL,
-    scope ENUM('admin','read') NOT NULL,
+    scope ENUM('admin','read','eval') NOT NULL,
     gallery VARCHAR(128) NULL,             -- set for keys bound to one gallery (CompreFace-style)
     created_at DATETIME NOT NULL,
     revoked_at DATETIME NULL,

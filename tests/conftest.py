@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import MySQLdb
 import pytest
 import redis
+import requests
 
 from veilface.config import load_settings
-from veilface.stack import Stack
+from veilface.stack import SERVICES, Stack, service_env
 
 MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
 #: Concurrent test sessions (several developers on one machine) must not share queues.
@@ -21,8 +26,14 @@ REDIS_URL = os.environ.get("VEILFACE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{
 MYSQL_DATABASE = f"veilface_test_{os.getpid()}"
 ADMIN_KEY = "test-admin-" + uuid.uuid4().hex
 #: The services with a database account of their own (``veilface db migrate`` creates them).
-SERVICES = ("gateway", "embedder", "matcher")
+SERVICE_ACCOUNTS = ("gateway", "embedder", "matcher")
 SERVICE_PASSWORD = uuid.uuid4().hex
+#: The request limits the session stacks turn off (0).
+UNTHROTTLED = (
+    "VEILFACE_RATE_LIMIT_PER_MINUTE",
+    "VEILFACE_SUBJECT_VERIFY_PER_MINUTE",
+    "VEILFACE_AUTH_FAILURES_PER_MINUTE",
+)
 
 
 def free_port() -> int:
@@ -58,7 +69,7 @@ def service_accounts(database: str, port: int = 3306) -> dict[str, str]:
             f"mysql+mysqldb://{database}_{service}:{SERVICE_PASSWORD}@{MYSQL_HOST}:{port}/{database}"
             "?charset=utf8mb4"
         )
-        for service in SERVICES
+        for service in SERVICE_ACCOUNTS
     }
 
 
@@ -66,7 +77,7 @@ def drop_mysql_database(name: str) -> None:
     """Drop database ``name`` and the services' accounts on it."""
     _mysql(
         f"DROP DATABASE IF EXISTS `{name}`",
-        *(f"DROP USER IF EXISTS '{name}_{service}'@'%'" for service in SERVICES),
+        *(f"DROP USER IF EXISTS '{name}_{service}'@'%'" for service in SERVICE_ACCOUNTS),
     )
 
 
@@ -116,6 +127,9 @@ def _stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:
         VEILFACE_SHARED_DIR=str(load_settings().shared_dir),
         VEILFACE_GATEWAY_WORKERS="2",
         VEILFACE_COMPACTION_THRESHOLD="16",
+        # The session stack serves many test modules with a few read keys from one address:
+        # unthrottled. tests/test_read_key_limits.py runs a gateway with the default limits.
+        **{name: "0" for name in UNTHROTTLED},
         **extra,
     )
     return env
@@ -129,6 +143,36 @@ def _run_stack(env: dict[str, str], var_dir: Path, matchers: int = 1) -> Iterato
         yield stack
     finally:
         stack.stop()
+
+
+@contextmanager
+def gateway_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """One more gunicorn gateway (``env`` names its database, Redis and settings; it connects with
+    the gateway's own database account); yields its URL once ``/healthz`` answers. It shares the
+    workers of the stack that uses the same backends."""
+    bind = f"127.0.0.1:{free_port()}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=SERVICES / "gateway",
+            env={**service_env(env, "gateway"), "VEILFACE_BIND": bind},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://{bind}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        yield f"http://{bind}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

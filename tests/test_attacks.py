@@ -34,12 +34,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import select, text
 
-from tests.conftest import free_port
+from tests.conftest import gateway_process
 from veilface.api import openapi
 from veilface.config import load_settings
 from veilface.errors import ImageTooLarge, InvalidImage
 from veilface.face.image import decode_image
-from veilface.stack import SERVICES, service_env
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key, hash_key
 from veilface.store.db import make_engine, session_factory, session_scope
@@ -545,31 +544,9 @@ def test_audit_log_records_enrollment_search_and_deletion_without_content(attack
 @pytest.fixture
 def limited_gateway(mysql_redis_env, tmp_path) -> Iterator[str]:
     """A second gunicorn gateway (2 processes) on the shared database and Redis, 20 requests/min."""
-    bind = f"127.0.0.1:{free_port()}"
-    env = service_env(mysql_redis_env, "gateway")  # the gateway's own database account
-    env.update(VEILFACE_RATE_LIMIT_PER_MINUTE="20", VEILFACE_BIND=bind)
-    with (tmp_path / "gateway.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=SERVICES / "gateway",
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://{bind}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        yield f"http://{bind}"
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+    env = {**mysql_redis_env, "VEILFACE_RATE_LIMIT_PER_MINUTE": "20"}
+    with gateway_process(env, tmp_path / "gateway.log") as url:
+        yield url
 
 
 def test_rate_limit_per_key_holds_across_gateway_processes(attack: Attack, limited_gateway: str):

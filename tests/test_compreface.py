@@ -25,18 +25,19 @@ import pytest
 import requests
 from flask import Flask
 from PIL import Image
+from sqlalchemy import select
 
 from veilface import errors
 from veilface.api import compreface
 from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
-from veilface.api.ratelimit import RateLimiter
+from veilface.api.ratelimit import Limits
 from veilface.config import load_settings
 from veilface.registry import BUILTIN_THRESHOLDS
 from veilface.schemas import FaceBox
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
-from veilface.store.models import Template
+from veilface.store.models import Gallery, Template
 
 # -- pure functions -------------------------------------------------------------------------
 
@@ -161,7 +162,7 @@ class ScriptedGateway:
 
     def __init__(self, sessions, settings):
         self.sessions, self.settings = sessions, settings
-        self.rate_limiter = RateLimiter(0)
+        self.limits = Limits.from_settings(settings)
         self.registry = SimpleNamespace(active=lambda: SimpleNamespace(version="scripted-1"))
         self.who: dict[int, str] = {}
         self.down = False
@@ -243,7 +244,7 @@ def api(gw):
     return call
 
 
-def test_keys_as_compreface_checks_them(api):
+def test_keys_as_compreface_checks_them(api, sessions):
     assert api("GET", "/recognition/subjects", key=None) == (
         400,
         {"message": "Missing header: x-api-key", "code": 20},
@@ -254,6 +255,12 @@ def test_keys_as_compreface_checks_them(api):
     assert (status, body["code"]) == (404, 10) and "--gallery" in body["message"]
     status, body = api("POST", "/recognition/subjects", key=READ_KEY, json={"subject": "x"})
     assert (status, body["code"]) == (405, 32)
+    # A read key creates nothing, not even its gallery (CompreFace's service) on first use.
+    status, body = api("GET", "/recognition/subjects/", key=READ_KEY)
+    assert (status, body["code"]) == (403, 32) and "does not exist yet" in body["message"]
+    with session_scope(sessions) as s:
+        assert s.scalar(select(Gallery).where(Gallery.name == "cf")) is None
+    assert api("GET", "/recognition/subjects/") == (200, {"subjects": []})
     assert api("GET", "/recognition/subjects/", key=READ_KEY) == (200, {"subjects": []})
 
 

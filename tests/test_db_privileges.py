@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from tests.conftest import (
     MYSQL_DATABASE,
-    SERVICES,
+    SERVICE_ACCOUNTS,
     _stack_env,
     drop_mysql_database,
     fresh_mysql_database,
@@ -113,8 +113,8 @@ def test_each_stack_process_connects_with_its_own_account(stack, mysql_redis_env
             ).scalars()
         )
     owner.dispose()
-    assert {f"{MYSQL_DATABASE}_{service}" for service in SERVICES} <= users
-    assert users <= {"root"} | {f"{MYSQL_DATABASE}_{service}" for service in SERVICES}
+    assert {f"{MYSQL_DATABASE}_{service}" for service in SERVICE_ACCOUNTS} <= users
+    assert users <= {"root"} | {f"{MYSQL_DATABASE}_{service}" for service in SERVICE_ACCOUNTS}
 
 
 def _migrate(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -132,7 +132,7 @@ def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_pa
         assert done.returncode == 0, done.stderr
         owner = create_engine(env["VEILFACE_DATABASE_URL"])
         with owner.connect() as conn:
-            for service in SERVICES:
+            for service in SERVICE_ACCOUNTS:
                 assert held_rights(conn, f"{database}_{service}") == granted_rights(service, database)
             conn.exec_driver_sql(f"GRANT ALL ON `{database}`.* TO '{database}_matcher'@'%%'")
         assert _refused(_url(env, "matcher"), "DELETE FROM api_keys") == 0

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import _stack_env, free_port
 
+from tests.conftest import _stack_env, free_port
 from veilface import errors
 from veilface.config import load_settings
 from veilface.store.db import MYSQL_DRIVER_HINT, make_engine

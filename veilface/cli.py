@@ -19,6 +19,7 @@ from veilface.registry import ModelRegistry
 from veilface.store import apikeys
 from veilface.store import galleries as store
 from veilface.store.db import create_schema, make_engine, require_schema, session_factory, session_scope
+from veilface.store.models import API_KEY_SCOPES
 
 
 def _sessions(settings: Settings):
@@ -105,7 +106,14 @@ def keys_fingerprint(settings: Settings) -> None:
 
 @keys.command("create-api-key")
 @click.option("--name", default="cli", show_default=True)
-@click.option("--scope", type=click.Choice(["admin", "read"]), default="admin", show_default=True)
+@click.option(
+    "--scope",
+    type=click.Choice(API_KEY_SCOPES),
+    default="admin",
+    show_default=True,
+    help="admin: any change; read: searches, decision and candidates above the threshold only; "
+    "eval: searches with full-precision scores.",
+)
 @click.option("--gallery", default=None, help="Bind the key to one gallery.")
 @click.option(
     "--compreface", is_flag=True, help="A CompreFace-style key: bound to --gallery, used as x-api-key."

@@ -85,8 +85,18 @@ class Settings:
     worker_ttl_s: float = 30.0
     #: Templates in the delta of a gallery that trigger a compaction.
     compaction_threshold: int = 64
-    #: Requests per minute allowed for one API key (0: unlimited).
-    rate_limit_per_minute: int = 0
+    #: Requests per minute allowed for one read- or eval-scope API key (0: unlimited); admin keys
+    #: are not limited.
+    rate_limit_per_minute: int = 120
+    #: Verifications per minute against one subject of a gallery, all read and eval keys together
+    #: (0: unlimited).
+    subject_verify_per_minute: int = 20
+    #: Failed authentications per minute from one client address before it is refused (0: unlimited).
+    auth_failures_per_minute: int = 20
+    #: Most candidates per face a read-scope key receives (``top_k`` above it is lowered to it).
+    read_top_k_max: int = 5
+    #: Most faces of one image searched in a gallery; the others are listed, not searched (0: all).
+    max_faces_per_request: int = 10
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from veilface import errors
-from veilface.api.auth import audit, presented_key, require_key
+from veilface.api.auth import audit, limit_subject_verification, presented_key, require_key
+from veilface.api.disclosure import Disclosure
 from veilface.api.errors import RETRY_AFTER_S
 from veilface.api.gateway import FaceScore, IdentifiedFace
 from veilface.api.v1 import MAX_TOP_K, checked_subject, gateway, uploaded_images
@@ -55,6 +56,10 @@ PLUGINS_NOTE = (
 )
 NO_FACE_MESSAGE = "No face is found in the given image"
 TOO_MANY_FACES_MESSAGE = "More than one face in the source image"
+NO_SERVICE_YET_MESSAGE = (
+    "Writing is not allowed: gallery {gallery!r} does not exist yet and this read-only key may not "
+    "create it; an admin-scope key bound to it creates it on first use"
+)
 UNBOUND_KEY_MESSAGE = (
     "Face service with this API key not found: the key is not bound to a gallery "
     "(create one with `veilface keys create-api-key --gallery NAME --compreface`)"
@@ -85,11 +90,15 @@ class Code(IntEnum):
 
 
 class CompreFaceError(Exception):
-    """An error as CompreFace reports it: HTTP ``status`` and body ``{"message", "code"}``."""
+    """An error as CompreFace reports it: HTTP ``status`` and body ``{"message", "code"}``.
 
-    def __init__(self, status: int, code: Code, message: str):
+    ``retry_after``: the seconds a 429 or 503 asks the client to wait.
+    """
+
+    def __init__(self, status: int, code: Code, message: str, retry_after: int = RETRY_AFTER_S):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after
 
     @property
     def outcome(self) -> str:
@@ -126,7 +135,7 @@ def translate(exc: errors.VeilfaceError) -> CompreFaceError:
     status, code, message = _TRANSLATIONS[exc.code]
     if exc.code == "poor_quality":
         message = f"No usable face is found in the given image: {exc.message}"
-    return CompreFaceError(status, code, message or exc.message)
+    return CompreFaceError(status, code, message or exc.message, getattr(exc, "retry_after", RETRY_AFTER_S))
 
 
 @blueprint.errorhandler(CompreFaceError)
@@ -134,7 +143,7 @@ def _compreface_error(exc: CompreFaceError) -> Response:
     response = jsonify({"message": exc.message, "code": int(exc.code)})
     response.status_code = exc.status
     if exc.status in (429, 503):
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 
@@ -170,8 +179,9 @@ def _unexpected(_exc: Exception) -> Response:
 def service_key(*, write: bool = False) -> Callable:
     """Decorator: a live key bound to a gallery; the view gets the gallery name first.
 
-    ``write`` views need an admin-scope key. The gallery is created on first use, as a
-    CompreFace service exists, empty, as soon as its key does.
+    ``write`` views need an admin-scope key. An admin key's gallery is created on first use,
+    as a CompreFace service exists, empty, as soon as its key does; a read or eval key may not
+    create it (403, nothing stored).
     """
 
     def decorator(view: Callable) -> Callable:
@@ -181,7 +191,10 @@ def service_key(*, write: bool = False) -> Callable:
             if not gallery:
                 raise CompreFaceError(404, Code.MODEL_NOT_FOUND, UNBOUND_KEY_MESSAGE)
             with gateway().session() as session:
-                store.get_or_create_gallery(session, gallery)
+                if g.api_key_scope == "admin":
+                    store.get_or_create_gallery(session, gallery)
+                else:
+                    _existing_gallery(session, gallery)
             return view(gallery, *args, **kwargs)
 
         @functools.wraps(view)
@@ -193,6 +206,16 @@ def service_key(*, write: bool = False) -> Callable:
         return wrapped
 
     return decorator
+
+
+def _existing_gallery(session: Session, gallery: str) -> None:
+    """A read or eval key's gallery must exist already: such a key creates nothing (403)."""
+    try:
+        store.get_gallery(session, gallery)
+    except errors.UnknownGallery as exc:
+        raise CompreFaceError(
+            403, Code.WRITING_NOT_ALLOWED, NO_SERVICE_YET_MESSAGE.format(gallery=gallery)
+        ) from exc
 
 
 # -- identifiers and values -----------------------------------------------------------------
@@ -533,17 +556,20 @@ def verify_example(gallery: str, image_id: str):
     image = _image()
     with gateway().session() as session:
         template, subject = _live_example(session, gallery, image_id)
+    limit_subject_verification(gallery, subject)
     try:
         scored = gateway().verify_template(gallery, template.id, image)
     except errors.NotFound as exc:
         raise _image_missing(image_id) from exc
     faces = options.pick(_usable(scored), lambda s: (s.face.box, s.face.score))
     audit("verify", gallery, subject)
+    disclosure = Disclosure.for_request()
+    threshold = disclosure.threshold(None, template.model_version)
     result = [
         {
             "box": box_json(s.face.box, s.face.score),
             "subject": subject,
-            "similarity": compreface_similarity(s.similarity),
+            "similarity": disclosure.verdict_similarity(s.similarity, threshold, compreface_similarity),
         }
         for s in faces
     ]
@@ -567,19 +593,24 @@ def recognize(gallery: str):
     """Every face of the upload with its ``prediction_count`` most similar subjects."""
     started = time.perf_counter()
     options = FaceOptions.from_request()
-    top_k = min(MAX_TOP_K, _int_param("prediction_count", 1, 1, Code.INCORRECT_PREDICTION_COUNT))
+    disclosure = Disclosure.for_request()
+    asked = _int_param("prediction_count", 1, 1, Code.INCORRECT_PREDICTION_COUNT)
+    top_k = disclosure.top_k(min(MAX_TOP_K, asked))
+    threshold = disclosure.threshold(None)
     image = _image()
-    faces = gateway().identify(gallery, image, top_k=top_k, threshold=None)
+    faces = gateway().identify(gallery, image, top_k=top_k, threshold=threshold)
     faces = options.pick(faces, lambda f: (f.box, f.score))
     audit("identify", gallery)
-    return _face_reply([_recognized(f) for f in faces], options, started)
+    return _face_reply([_recognized(f, disclosure, threshold) for f in faces], options, started)
 
 
-def _recognized(face: IdentifiedFace) -> dict[str, Any]:
+def _recognized(face: IdentifiedFace, disclosure: Disclosure, threshold: float | None) -> dict[str, Any]:
+    """A face of a recognition answer with the candidates ``disclosure`` lets the key see."""
     body: dict[str, Any] = {
         "box": box_json(face.box, face.score),
         "subjects": [
-            {"subject": c.subject, "similarity": compreface_similarity(c.similarity)} for c in face.candidates
+            {"subject": c.subject, "similarity": c.similarity}
+            for c in disclosure.candidates(face.candidates, threshold, compreface_similarity)
         ],
     }
     if face.quality_reason:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors, sharding
 from veilface.api.health import FORGED_ANSWERS
-from veilface.api.ratelimit import RateLimiter
+from veilface.api.ratelimit import Limits
 from veilface.config import Settings
 from veilface.crypto.codec import peek_dim
 from veilface.crypto.layout import BlockLayout
@@ -71,6 +71,8 @@ ImageRequest = TypeVar("ImageRequest", EnrollRequest, ProbeRequest)
 Decrypted = list[tuple[ScoreResult, np.ndarray]]
 #: ``(block_no, slot)`` of every live template and its owner.
 Owners = dict[tuple[int, int], store.SlotOwner]
+#: The reason given for a face past ``max_faces_per_request`` usable ones: listed, not searched.
+NOT_SEARCHED = "not_searched"
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Gateway:
         self.sealer = sealer
         self.signer = signer
         self.registry = ModelRegistry(settings)
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.celery_broker_url)
+        self.limits = Limits.from_settings(settings)
         self._foreign_seen: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -367,20 +369,34 @@ class Gateway:
     def identify(
         self, gallery_name: str, image: bytes, *, top_k: int, threshold: float | None
     ) -> list[IdentifiedFace]:
-        """Every face of ``image`` with its top candidates and the decision."""
+        """Every face of ``image`` with its top candidates and the decision.
+
+        At most ``max_faces_per_request`` usable faces are searched, the main face first; the
+        others are listed with no candidate and the reason :data:`NOT_SEARCHED`.
+        """
         with self.session() as session:
             gallery = store.get_gallery(session, gallery_name)
             gallery_id, projection = gallery.id, gallery.projection
         faces = []
-        for probe in self.probes(image, projection=projection):
-            if probe.ciphertext is None:
-                faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason))
+        probes = self.probes(image, projection=projection)
+        for probe, searched in zip(probes, self._searched(probes), strict=True):
+            if not searched:
+                faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason or NOT_SEARCHED))
                 continue
             cut = self.threshold(probe.model_version) if threshold is None else threshold
             candidates = self.search(gallery_id, probe.model_version, probe.ciphertext, top_k)
             match = candidates[0].subject if candidates and candidates[0].similarity >= cut else None
             faces.append(IdentifiedFace(*_box(probe), candidates, match))
         return faces
+
+    def _searched(self, probes: list[Probe]) -> list[bool]:
+        """Which probes are searched: the usable ones, the first ``max_faces_per_request`` of them."""
+        left = self.settings.max_faces_per_request or len(probes)
+        searched = []
+        for probe in probes:
+            searched.append(probe.ciphertext is not None and left > 0)
+            left -= searched[-1]
+        return searched
 
     def verify_subject(self, gallery_name: str, subject_name: str, image: bytes) -> dict:
         """1:1 against an enrolled subject: the best of its templates under encryption."""
@@ -446,9 +462,10 @@ class Gateway:
             template, _subject = store.get_live_template(session, gallery, template_id)
             gallery_id, version, slot = gallery.id, template.model_version, (template.block_no, template.slot)
         scored = []
-        for probe in self.probes(image):
-            if probe.ciphertext is None:
-                scored.append(FaceScore(probe.face, None, probe.quality_reason))
+        probes = self.probes(image)
+        for probe, searched in zip(probes, self._searched(probes), strict=True):
+            if not searched:
+                scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
                 continue
             if probe.model_version != version:
                 raise errors.Conflict(

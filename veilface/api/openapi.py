@@ -42,7 +42,7 @@ _VERDICT = {
     "required": ["match", "similarity", "threshold"],
     "properties": {
         "match": {"type": "boolean"},
-        "similarity": {"type": "number"},
+        "similarity": {"type": ["number", "null"]},
         "threshold": {"type": "number"},
     },
 }
@@ -175,7 +175,7 @@ def document() -> dict:
             "/v1/galleries": {
                 "get": {
                     "summary": "List galleries",
-                    "responses": {**_ok({"type": "object"}), **_errors(401, 503)},
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 429, 503)},
                 }
             },
             "/v1/galleries/{gallery}": {
@@ -195,31 +195,31 @@ def document() -> dict:
                             }
                         },
                     },
-                    "responses": {**_ok({"type": "object"}), **_errors(400, 401, 403, 404, 409, 503)},
+                    "responses": {**_ok({"type": "object"}), **_errors(400, 401, 403, 404, 409, 429, 503)},
                 },
                 "delete": {
                     "summary": "Delete a gallery and every ciphertext in it",
                     "parameters": [GALLERY],
-                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)},
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 429, 503)},
                 },
             },
             "/v1/galleries/{gallery}/subjects": {
                 "get": {
                     "summary": "List subjects (with re-enrollment needs)",
                     "parameters": [GALLERY],
-                    "responses": {**_ok({"type": "object"}), **_errors(401, 404, 503)},
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 404, 429, 503)},
                 }
             },
             "/v1/galleries/{gallery}/subjects/{subject}": {
                 "get": {
                     "summary": "One subject and its templates",
                     "parameters": [GALLERY, SUBJECT],
-                    "responses": {**_ok({"type": "object"}), **_errors(401, 404, 503)},
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 404, 429, 503)},
                 },
                 "delete": {
                     "summary": "Delete a subject and every ciphertext of it",
                     "parameters": [GALLERY, SUBJECT],
-                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 503)},
+                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 429, 503)},
                 },
             },
             "/": {

@@ -8,8 +8,9 @@ from dataclasses import asdict
 from flask import Blueprint, current_app, g, jsonify, request
 
 from veilface import errors
-from veilface.api.auth import audit, require_key
-from veilface.api.gateway import Gateway
+from veilface.api.auth import audit, limit_subject_verification, require_key
+from veilface.api.disclosure import Disclosure
+from veilface.api.gateway import Gateway, IdentifiedFace
 from veilface.store import galleries as store
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
@@ -111,14 +112,17 @@ def enroll(gallery: str, subject: str):
 @require_key("read")
 def identify(gallery: str):
     image = one_image("image")
-    top_k = int_arg("top_k", 5, 1, MAX_TOP_K)
-    faces = gateway().identify(gallery, image, top_k=top_k, threshold=float_arg("threshold"))
+    disclosure = Disclosure.for_request()
+    top_k = disclosure.top_k(int_arg("top_k", 5, 1, MAX_TOP_K))
+    threshold = disclosure.threshold(float_arg("threshold"))
+    faces = gateway().identify(gallery, image, top_k=top_k, threshold=threshold)
     audit("identify", gallery)
-    return jsonify({"faces": [_face_json(f) for f in faces]})
+    return jsonify({"faces": [_face_json(f, disclosure, threshold) for f in faces]})
 
 
-def _face_json(face) -> dict:
+def _face_json(face: IdentifiedFace, disclosure: Disclosure, threshold: float | None) -> dict:
     body = asdict(face)
+    body["candidates"] = [asdict(c) for c in disclosure.candidates(face.candidates, threshold)]
     if body["quality_reason"] is None:
         del body["quality_reason"]
     return body
@@ -127,7 +131,10 @@ def _face_json(face) -> dict:
 @blueprint.post("/galleries/<gallery>/subjects/<path:subject>/verify")
 @require_key("read")
 def verify_subject(gallery: str, subject: str):
+    limit_subject_verification(gallery, subject)
     result = gateway().verify_subject(gallery, subject, one_image("image"))
+    disclosure = Disclosure.for_request()
+    result["similarity"] = disclosure.verdict_similarity(result["similarity"], result["threshold"])
     audit("verify", gallery, subject)
     return jsonify(result)
 

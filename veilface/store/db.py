@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -59,6 +59,7 @@ def create_schema(engine: Engine) -> None:
         with engine.begin() as conn:
             for statement in statements:
                 conn.exec_driver_sql(statement)
+            _add_eval_scope(conn)
     else:
         # IF NOT EXISTS, not create_all's check-then-create: the gateway and the workers of the
         # embedded stack start together on one SQLite file, and a check could be stale by its create.
@@ -82,6 +83,21 @@ def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables)
             f"the database {engine.url.database or ''} has {lacks}, or this account holds no right on "
             "it: run `veilface db migrate`"
         )
+
+
+def _add_eval_scope(conn: Connection) -> None:
+    """Widen ``api_keys.scope`` of a MySQL database made before the ``eval`` scope.
+
+    Only when it lacks the value: an ALTER at every start would take the table's metadata lock
+    while other gateway processes insert their bootstrap key. Appending an ENUM value rewrites
+    the table's definition only, not its rows; existing keys keep their scope.
+    """
+    column_type = conn.exec_driver_sql(
+        "SELECT column_type FROM information_schema.columns"
+        " WHERE table_schema = DATABASE() AND table_name = 'api_keys' AND column_name = 'scope'"
+    ).scalar()
+    if "'eval'" not in column_type:
+        conn.exec_driver_sql("ALTER TABLE api_keys MODIFY scope ENUM('admin','read','eval') NOT NULL")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

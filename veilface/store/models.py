@@ -34,7 +34,9 @@ Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 TEMPLATE_STATES = ("delta", "packed")
-API_KEY_SCOPES = ("admin", "read")
+#: ``admin`` changes anything; ``read`` searches and sees the decision and little else;
+#: ``eval`` searches and sees full-precision scores (veilface/api/disclosure.py).
+API_KEY_SCOPES = ("admin", "read", "eval")
 
 
 class Base(DeclarativeBase):
