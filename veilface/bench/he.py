@@ -32,8 +32,7 @@ from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_templat
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.search import ranking
 from veilface.search.compaction import compact_block
-from veilface.search.packer import pack_block
-from veilface.search.repository import write_block
+from veilface.search.packer import import_block
 from veilface.search.shard import Shard
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, Subject, Template
@@ -169,13 +168,22 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     for first in tqdm(range(0, args.gallery, capacity), desc="pack+store blocks", unit="block"):
         indices = np.arange(first, min(first + capacity, args.gallery))
-        diagonals = pack_block(ctx, templates[indices], indices % capacity)
-        block_bytes.append(sum(len(blob) for blob in diagonals) / len(indices))
         with session_scope(factory) as session:
-            write_block(
-                session, gallery_id, model_version, first // capacity, args.dim, diagonals, len(indices)
+            block = import_block(
+                ctx,
+                session,
+                gallery_id,
+                model_version,
+                first // capacity,
+                templates[indices],
+                indices % capacity,
             )
             session.execute(insert(Template), template_rows(indices, "packed"))
+            stored = session.scalar(
+                text("SELECT SUM(LENGTH(ciphertext)) FROM block_ciphertexts WHERE block_id = :b"),
+                {"b": block.block_id},
+            )
+        block_bytes.append(stored / len(indices))
     import_s = time.perf_counter() - start
 
     # Delta: templates enrolled one by one by the embedder.

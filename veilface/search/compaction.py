@@ -1,13 +1,18 @@
-"""Compaction: fold a block's delta into its packed diagonals, with public keys only."""
+"""Compaction: fold a block's delta into its packed diagonals, and re-lay out old blocks,
+with public keys only."""
 
 from __future__ import annotations
 
+import tenseal.sealapi as sealapi
 from sqlalchemy.orm import Session
 
 from veilface.crypto.codec import Kind
+from veilface.crypto.layout import giant_offset
 from veilface.crypto.public import PublicContext
 from veilface.search import repository
 from veilface.search.delta import fold, load_template, merge_groups
+from veilface.search.layout import baby_steps_for
+from veilface.search.repository import BABY_GIANT_LAYOUT, BlockRef
 
 
 def compact_block(
@@ -15,22 +20,19 @@ def compact_block(
 ) -> int:
     """Fold the delta of one block, in the caller's transaction; return how many templates.
 
-    Locks the block and its delta rows, writes the new diagonals (version + 1), marks the
-    templates 'packed' and clears their delta ciphertexts. Tombstoned templates are not
-    folded (they are no longer in the delta).
+    Locks the block and its delta rows, writes the new diagonals (version + 1) in the
+    block's planned layout (:func:`~veilface.search.layout.baby_steps_for`; a block of
+    another layout is re-laid out first), marks the templates 'packed' and clears their
+    delta ciphertexts. Tombstoned templates are not folded (they are no longer in the delta).
     """
     block = repository.lock_block(session, gallery_id, model_version, block_no)
     rows = repository.lock_block_delta(session, gallery_id, model_version, block_no)
     if not rows:
         return 0
+    baby_steps = baby_steps_for(dim, block_no)
     groups = merge_groups(ctx, dim, ((slot, load_template(ctx, blob, dim)) for _, slot, blob in rows))
-    diagonals = None
-    if block is not None:
-        diagonals = [
-            ctx.loads(blob, Kind.DIAGONAL, level=ctx.packed_level)
-            for blob in repository.read_diagonals(session, block.block_id)
-        ]
-    folded = fold(ctx, dim, groups, diagonals)
+    diagonals = None if block is None else _planned_diagonals(ctx, session, block, baby_steps)
+    folded = fold(ctx, dim, groups, diagonals, baby_steps)
     repository.write_block(
         session,
         gallery_id,
@@ -39,6 +41,66 @@ def compact_block(
         dim,
         [ctx.dumps(ciphertext, Kind.DIAGONAL) for ciphertext in folded],
         filled=(block.filled if block else 0) + len(rows),
+        baby_steps=baby_steps,
     )
     repository.mark_packed(session, (template_id for template_id, _, _ in rows))
     return len(rows)
+
+
+def repack_block(
+    ctx: PublicContext, session: Session, gallery_id: int, model_version: str, block_no: int
+) -> bool:
+    """Re-lay out one packed block in its planned layout, in the caller's transaction.
+
+    Returns False (and writes nothing) when the block is already laid out so; the delta
+    of the block is left to the next compaction.
+    """
+    block = repository.lock_block(session, gallery_id, model_version, block_no)
+    if block is None:
+        raise LookupError(f"block {block_no} of gallery {gallery_id} ({model_version}) does not exist")
+    baby_steps = baby_steps_for(block.dim, block_no)
+    if _in_layout(block, baby_steps):
+        return False
+    diagonals = _planned_diagonals(ctx, session, block, baby_steps)
+    repository.write_block(
+        session,
+        gallery_id,
+        model_version,
+        block_no,
+        block.dim,
+        [ctx.dumps(ciphertext, Kind.DIAGONAL) for ciphertext in diagonals],
+        filled=block.filled,
+        baby_steps=baby_steps,
+    )
+    return True
+
+
+def relayout(
+    ctx: PublicContext, diagonals: list[sealapi.Ciphertext], current: int, planned: int
+) -> list[sealapi.Ciphertext]:
+    """Diagonals laid out for ``current`` baby steps, rotated into the layout of ``planned``.
+
+    Diagonal ``i`` moves left by ``giant_offset(i, current) - giant_offset(i, planned)``
+    (modulo the slots: a move right is a long move left), with the power-of-two Galois keys
+    that every key set has: a one-off cost of a few key switches per diagonal.
+    """
+    return [
+        ctx.rotate(diagonal, (giant_offset(i, current) - giant_offset(i, planned)) % ctx.slots)
+        for i, diagonal in enumerate(diagonals)
+    ]
+
+
+def _in_layout(block: BlockRef, baby_steps: int) -> bool:
+    return block.layout_version == BABY_GIANT_LAYOUT and block.baby_steps == baby_steps
+
+
+def _planned_diagonals(
+    ctx: PublicContext, session: Session, block: BlockRef, baby_steps: int
+) -> list[sealapi.Ciphertext]:
+    diagonals = [
+        ctx.loads(blob, Kind.DIAGONAL, level=ctx.packed_level)
+        for blob in repository.read_diagonals(session, block.block_id)
+    ]
+    if _in_layout(block, baby_steps):
+        return diagonals
+    return relayout(ctx, diagonals, block.baby_steps, baby_steps)

@@ -14,16 +14,24 @@ from sqlalchemy.orm import Session
 
 from veilface.store.models import Block, BlockCiphertext, Template
 
+#: Diagonals stored as they are (``g = dim``): blocks written before layouts were versioned.
+SINGLE_STEP_LAYOUT = 1
+#: Diagonals pre-rotated for ``baby_steps`` baby steps (:mod:`veilface.crypto.layout`).
+BABY_GIANT_LAYOUT = 2
+
 
 @dataclass(frozen=True)
 class BlockRef:
-    """Identity and version of a packed block."""
+    """Identity, version and layout of a packed block."""
 
     block_id: int
     block_no: int
     version: int
     dim: int
     filled: int
+    layout_version: int
+    #: ``g`` of the layout; ``dim`` for a single-step block.
+    baby_steps: int
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,10 @@ class DeltaEntry:
 
 
 def _ref(block: Block) -> BlockRef:
-    return BlockRef(block.id, block.block_no, block.version, block.dim, block.filled)
+    baby_steps = block.dim if block.layout_version == SINGLE_STEP_LAYOUT else block.baby_steps
+    return BlockRef(
+        block.id, block.block_no, block.version, block.dim, block.filled, block.layout_version, baby_steps
+    )
 
 
 def block_refs(session: Session, gallery_id: int, model_version: str) -> dict[int, BlockRef]:
@@ -138,8 +149,10 @@ def write_block(
     dim: int,
     diagonals: Sequence[bytes],
     filled: int,
+    baby_steps: int,
 ) -> BlockRef:
-    """Create a block or replace its diagonals, bumping its version."""
+    """Create a block or replace its diagonals, laid out for ``baby_steps`` baby steps (layout 2),
+    bumping its version."""
     if len(diagonals) != dim:
         raise ValueError(f"a block of dimension {dim} needs {dim} diagonals")
     block = session.scalars(
@@ -155,6 +168,8 @@ def write_block(
             dim=dim,
             version=1,
             filled=filled,
+            layout_version=BABY_GIANT_LAYOUT,
+            baby_steps=baby_steps,
         )
         session.add(block)
         session.flush()
@@ -163,6 +178,8 @@ def write_block(
             raise ValueError(f"block {block_no} has dimension {block.dim}, not {dim}")
         block.version += 1
         block.filled = filled
+        block.layout_version = BABY_GIANT_LAYOUT
+        block.baby_steps = baby_steps
         session.execute(delete(BlockCiphertext).where(BlockCiphertext.block_id == block.id))
     for index, ciphertext in enumerate(diagonals):
         session.execute(
