@@ -5,15 +5,17 @@ from __future__ import annotations
 import MySQLdb
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import delete, insert, select, update
 
+from veilface.cli import main
 from veilface.config import load_settings
 from veilface.crypto.codec import Kind
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.errors import InvalidCiphertext
 from veilface.search import ranking
-from veilface.search.compaction import compact_block, relayout, repack_block
+from veilface.search.compaction import compact_block, relayout
 from veilface.search.engine import prepare_probe, score_block
 from veilface.search.layout import baby_steps_for
 from veilface.search.packer import import_block, pack_block
@@ -31,9 +33,14 @@ MYSQL_DB = "veilface_test_search"
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    key_dir = tmp_path_factory.mktemp("keys")
-    generate_keyset(key_dir)
+def key_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys")
+    generate_keyset(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keys(key_dir):
     return PublicContext.load(key_dir / "public.ctx"), SecretContext.load(key_dir / "secret.ctx")
 
 
@@ -235,7 +242,7 @@ def test_probe_needs_the_baby_steps_of_the_block(keys):
         pack_block(ctx, templates, 48)
 
 
-def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(keys, data, tmp_path):
+def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(keys, key_dir, data, tmp_path):
     """A gallery written before layouts were versioned (single-step blocks 0 and 1, a delta
     template in block 0) is searched as it was, next to a block in the new layout; compaction
     (block 0) and repacking (block 1) move it to the new layout with identical decisions."""
@@ -302,8 +309,11 @@ def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(k
 
     with session_scope(factory) as session:
         assert compact_block(ctx, session, gallery_id, model, 0, DIM) == 1
-    with session_scope(factory) as session:
-        assert [repack_block(ctx, session, gallery_id, model, n) for n in (0, 1, 2)] == [False, True, False]
+    env = {"VEILFACE_VAR_DIR": str(tmp_path), "VEILFACE_KEY_DIR": str(key_dir), "VEILFACE_DATABASE_URL": ""}
+    for repacked in (1, 0):  # block 1 (block 0 was compacted, block 2 is new); then nothing
+        result = CliRunner().invoke(main, ["galleries", "repack", "legacy"], env=env)
+        assert result.exit_code == 0, result.output
+        assert result.output == f"legacy: {repacked} of 3 blocks repacked\n"
     layouts, after, top_after = search()
     assert layouts == {n: (BABY_GIANT_LAYOUT, baby_steps_for(DIM, n)) for n in (0, 1, 2)}
     assert top_after == top_before

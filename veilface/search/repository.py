@@ -58,6 +58,16 @@ def block_refs(session: Session, gallery_id: int, model_version: str) -> dict[in
     return {block.block_no: _ref(block) for block in rows}
 
 
+def gallery_blocks(session: Session, gallery_id: int) -> list[tuple[str, int]]:
+    """``(model_version, block_no)`` of every packed block of a gallery, in order."""
+    rows = session.execute(
+        select(Block.model_version, Block.block_no)
+        .where(Block.gallery_id == gallery_id)
+        .order_by(Block.model_version, Block.block_no)
+    )
+    return [(row.model_version, row.block_no) for row in rows]
+
+
 def read_diagonals(session: Session, block_id: int) -> list[bytes]:
     """The diagonal ciphertexts of a block, in diagonal order."""
     rows = session.execute(
