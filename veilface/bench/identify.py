@@ -3,8 +3,9 @@
 ``python -m veilface.bench.identify --gallery 1000 --queries 50 --out FILE.json`` starts the
 stack (MariaDB + Redis when ``VEILFACE_DATABASE_URL`` / ``VEILFACE_BROKER_URL`` are set,
 else the embedded defaults), enrolls ``--gallery`` LFW photos over HTTP (each its own
-subject, so every template is searched), waits for compaction, then times ``--queries``
-identify requests with held-back photos of enrolled people.
+subject, so every template is searched; ``enroll_total_s`` is their wall time, ``enroll_p50_s``
+the median request), waits for compaction, then times ``--queries`` identify requests with
+held-back photos of enrolled people.
 
 With ``--plaintext`` the bench also runs the plaintext pipeline in its own process (the active model,
 the main face of each photo, cosine similarity, no encryption) on the same gallery and queries, and
@@ -90,7 +91,8 @@ def main() -> None:
     try:
         stack.wait_ready()
 
-        def enroll(photo: Path) -> int:
+        def enroll(photo: Path) -> tuple[int, float]:
+            start = time.perf_counter()
             r = requests.post(
                 f"{stack.url}/v1/galleries/bench/subjects/{photo.stem}/faces",
                 headers=headers,
@@ -98,10 +100,13 @@ def main() -> None:
                 params={"face": "main"},
                 timeout=300,
             )
-            return r.status_code
+            return r.status_code, time.perf_counter() - start
 
+        started = time.perf_counter()
         with ThreadPoolExecutor(args.embedders * 2) as pool:
-            codes = list(tqdm(pool.map(enroll, gallery), total=len(gallery), desc="enroll"))
+            timed = list(tqdm(pool.map(enroll, gallery), total=len(gallery), desc="enroll"))
+        enroll_total_s = time.perf_counter() - started
+        codes = [code for code, _ in timed]
         enrolled = [photo for photo, code in zip(gallery, codes, strict=True) if code == 201]
         failures = {str(photo): code for photo, code in zip(gallery, codes, strict=True) if code != 201}
         time.sleep(5)  # let the last compaction land
@@ -134,6 +139,8 @@ def main() -> None:
     report = {
         "gallery_templates": len(enrolled),
         "enroll_failures": failures,
+        "enroll_total_s": round(enroll_total_s, 1),
+        "enroll_p50_s": round(statistics.median(seconds for _, seconds in timed), 3),
         "queries": len(queries),
         "top1_correct": correct,
         **plaintext,
