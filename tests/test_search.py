@@ -15,7 +15,7 @@ from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_templat
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.errors import InvalidCiphertext
 from veilface.search import ranking
-from veilface.search.compaction import compact_block, relayout
+from veilface.search.compaction import compact_block, relayout, repack_gallery
 from veilface.search.engine import prepare_probe, score_block
 from veilface.search.layout import baby_steps_for
 from veilface.search.packer import import_block, pack_block
@@ -211,7 +211,7 @@ def test_baby_step_giant_step_scores_match_plaintext(keys, dim):
     probe /= np.linalg.norm(probe)
     expected = templates @ probe
     scale = None
-    for baby_steps in sorted({1, 32, baby_steps_for(dim, 0), dim}):
+    for baby_steps in sorted({1, 32, baby_steps_for(dim, 1), dim}):
         blobs = pack_block(ctx, templates, baby_steps)
         diagonals = [ctx.loads(blob, Kind.DIAGONAL, level=ctx.packed_level) for blob in blobs]
         got = block_scores(ctx, secret, diagonals, baby_steps, probe, len(templates))
@@ -226,7 +226,7 @@ def test_baby_step_giant_step_scores_match_plaintext(keys, dim):
     single = [
         ctx.loads(blob, Kind.DIAGONAL, level=ctx.packed_level) for blob in pack_block(ctx, templates, dim)
     ]
-    planned = baby_steps_for(dim, 0)
+    planned = baby_steps_for(dim, 1)
     moved = relayout(ctx, single, dim, planned)
     assert np.max(np.abs(block_scores(ctx, secret, moved, planned, probe, 300) - expected)) < TOLERANCE
 
@@ -304,7 +304,7 @@ def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(k
 
     layouts, before, top_before = search()
     assert layouts == {0: (SINGLE_STEP_LAYOUT, DIM), 1: (SINGLE_STEP_LAYOUT, DIM),
-                       2: (BABY_GIANT_LAYOUT, baby_steps_for(DIM, 2))}  # fmt: skip
+                       2: (BABY_GIANT_LAYOUT, baby_steps_for(DIM, 3))}  # fmt: skip
     assert top_before == sorted(live.values(), key=lambda n: -vectors[n] @ probe)[:10]
 
     with session_scope(factory) as session:
@@ -315,8 +315,46 @@ def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(k
         assert result.exit_code == 0, result.output
         assert result.output == f"legacy: {repacked} of 3 blocks repacked\n"
     layouts, after, top_after = search()
-    assert layouts == {n: (BABY_GIANT_LAYOUT, baby_steps_for(DIM, n)) for n in (0, 1, 2)}
+    assert layouts == {n: (BABY_GIANT_LAYOUT, baby_steps_for(DIM, 3)) for n in (0, 1, 2)}
     assert top_after == top_before
     assert after.keys() == before.keys()
     assert max(abs(after[k] - before[k]) for k in before) < TOLERANCE
     engine.dispose()
+
+
+def test_growing_gallery_raises_the_baby_steps_of_its_older_blocks(keys, data, tmp_path):
+    """Block 0 is written for a one-block gallery; once the gallery has three blocks the plan
+    asks for more baby steps, and repacking moves block 0 there with the same scores."""
+    ctx, secret = keys
+    templates, probe = data
+    factory = session_factory(make_engine(load_settings(var_dir=tmp_path)))
+    create_schema(factory.kw["bind"])
+    with session_scope(factory) as session:
+        gallery = Gallery(name="growing")
+        session.add(gallery)
+        session.flush()
+        subject = Subject(gallery_id=gallery.id, name="s")
+        session.add(subject)
+        session.flush()
+        gallery_id, subject_id = gallery.id, subject.id
+        import_block(ctx, session, gallery_id, "m", 0, templates[:50])
+        session.execute(
+            insert(Template),
+            [{"gallery_id": gallery_id, "subject_id": subject_id, "model_version": "m",
+              "image_sha256": f"{n:064x}", "block_no": 0, "slot": n, "state": "packed"} for n in range(50)],
+        )  # fmt: skip
+    assert baby_steps_for(DIM, 1) < baby_steps_for(DIM, 3)
+    with session_scope(factory) as session:
+        for block_no in (1, 2):
+            import_block(ctx, session, gallery_id, "m", block_no, templates[50:60], blocks=3)
+    assert repack_gallery(ctx, factory, gallery_id) == (1, 3)
+    assert repack_gallery(ctx, factory, gallery_id) == (0, 3)
+    shard = Shard(ctx, gallery_id, "m", DIM)
+    with session_scope(factory) as session:
+        shard.refresh(session)
+    assert {block.ref.baby_steps for block in shard.blocks.values()} == {baby_steps_for(DIM, 3)}
+    capacity = ctx.params.block_capacity
+    vectors = np.zeros((capacity, DIM))
+    vectors[:50] = templates[:50]
+    decrypted = decrypt(secret, [r for r in shard.search(encrypt_probe(ctx, probe)) if r.block_no == 0])
+    assert check_scores(ctx, decrypted, vectors, probe, capacity) == set(range(50))

@@ -232,16 +232,16 @@ def galleries_delete(settings: Settings, name: str) -> None:
 def galleries_repack(settings: Settings, name: str | None) -> None:
     """Re-lay out packed blocks (of NAME, or of every gallery) in the current layout.
 
-    Blocks written before the baby-step giant-step layout keep working but cost a query the
-    full set of probe rotations; this rewrites them with the public keys only, one block per
-    transaction (a few seconds each), and leaves blocks already laid out alone, so it can be
-    stopped and run again. Matchers reload rewritten blocks at their next search.
+    Blocks written before the baby-step giant-step layout, or for a smaller gallery, keep
+    working but cost a query more rotations; this rewrites them with the public keys only,
+    one block per transaction (a few seconds each at most), and leaves blocks already laid out
+    alone, so it can be stopped and run again. Matchers reload rewritten blocks at their next
+    search; the matchers' compaction does the same after each fold.
     """
     from sqlalchemy import select
 
     from veilface.crypto.public import PublicContext
-    from veilface.search.compaction import repack_block
-    from veilface.search.repository import gallery_blocks
+    from veilface.search.compaction import repack_gallery
     from veilface.store.models import Gallery
 
     ctx = PublicContext.load(settings.public_context_path)
@@ -251,13 +251,10 @@ def galleries_repack(settings: Settings, name: str | None) -> None:
             chosen = [store.get_gallery(session, name)]
         else:
             chosen = session.scalars(select(Gallery).order_by(Gallery.name)).all()
-        targets = [(gallery.name, gallery.id, gallery_blocks(session, gallery.id)) for gallery in chosen]
-    for gallery_name, gallery_id, blocks in targets:
-        repacked = 0
-        for model_version, block_no in blocks:
-            with session_scope(sessions) as session:
-                repacked += repack_block(ctx, session, gallery_id, model_version, block_no)
-        click.echo(f"{gallery_name}: {repacked} of {len(blocks)} blocks repacked")
+        targets = [(gallery.name, gallery.id) for gallery in chosen]
+    for gallery_name, gallery_id in targets:
+        repacked, blocks = repack_gallery(ctx, sessions, gallery_id)
+        click.echo(f"{gallery_name}: {repacked} of {blocks} blocks repacked")
 
 
 @main.group()

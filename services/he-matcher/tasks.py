@@ -29,7 +29,7 @@ from veilface.schemas import (
     score_to_message,
 )
 from veilface.search import repository
-from veilface.search.compaction import compact_block
+from veilface.search.compaction import compact_block, repack_gallery
 from veilface.search.delta import load_template, merge_groups, score_delta
 from veilface.search.engine import MaskCache, prepare_probe
 from veilface.search.results import ScoreResult
@@ -167,5 +167,10 @@ def compact(gallery_id: int, model_version: str) -> dict:
         for block_no in sorted({entry.block_no for entry in pending}):
             with session_scope(runtime.sessions) as session:
                 folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
-        log.info("compacted %d templates of gallery %d (%s)", folded, gallery_id, model_version)
-        return {"folded": folded}
+        # A new block can raise the gallery's baby steps: re-lay out the blocks written before it.
+        repacked, _ = repack_gallery(runtime.context, runtime.sessions, gallery_id)
+        log.info(
+            "compacted %d templates of gallery %d (%s), %d blocks re-laid out",
+            folded, gallery_id, model_version, repacked,
+        )  # fmt: skip
+        return {"folded": folded, "repacked": repacked}

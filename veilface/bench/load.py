@@ -189,7 +189,7 @@ def import_gallery(settings, count: int, seed: int = 0) -> tuple[int, str, float
         n = min(capacity, count - block_no * capacity)
         templates = rng.normal(size=(n, model.dim))
         with session_scope(sessions) as session:
-            import_block(ctx, session, gallery_id, model.version, block_no, templates)
+            import_block(ctx, session, gallery_id, model.version, block_no, templates, blocks=blocks)
         print(f"block {block_no}: {n} templates packed and written", flush=True)
     engine.dispose()
     return gallery_id, model.version, time.perf_counter() - started

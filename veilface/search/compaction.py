@@ -4,7 +4,7 @@ with public keys only."""
 from __future__ import annotations
 
 import tenseal.sealapi as sealapi
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.crypto.codec import Kind
 from veilface.crypto.layout import giant_offset
@@ -13,6 +13,7 @@ from veilface.search import repository
 from veilface.search.delta import fold, load_template, merge_groups
 from veilface.search.layout import baby_steps_for
 from veilface.search.repository import BABY_GIANT_LAYOUT, BlockRef
+from veilface.store.db import session_scope
 
 
 def compact_block(
@@ -21,15 +22,15 @@ def compact_block(
     """Fold the delta of one block, in the caller's transaction; return how many templates.
 
     Locks the block and its delta rows, writes the new diagonals (version + 1) in the
-    block's planned layout (:func:`~veilface.search.layout.baby_steps_for`; a block of
-    another layout is re-laid out first), marks the templates 'packed' and clears their
-    delta ciphertexts. Tombstoned templates are not folded (they are no longer in the delta).
+    gallery's planned layout (:func:`planned_baby_steps`; a block of another layout is
+    re-laid out first), marks the templates 'packed' and clears their delta ciphertexts.
+    Tombstoned templates are not folded (they are no longer in the delta).
     """
     block = repository.lock_block(session, gallery_id, model_version, block_no)
     rows = repository.lock_block_delta(session, gallery_id, model_version, block_no)
     if not rows:
         return 0
-    baby_steps = baby_steps_for(dim, block_no)
+    baby_steps = planned_baby_steps(session, gallery_id, model_version, dim, block_no)
     groups = merge_groups(ctx, dim, ((slot, load_template(ctx, blob, dim)) for _, slot, blob in rows))
     diagonals = None if block is None else _planned_diagonals(ctx, session, block, baby_steps)
     folded = fold(ctx, dim, groups, diagonals, baby_steps)
@@ -47,10 +48,29 @@ def compact_block(
     return len(rows)
 
 
+def planned_baby_steps(session: Session, gallery_id: int, model_version: str, dim: int, block_no: int) -> int:
+    """The baby steps of the gallery's blocks once block ``block_no`` exists
+    (:func:`~veilface.search.layout.baby_steps_for` of its block count)."""
+    numbers = repository.block_refs(session, gallery_id, model_version)
+    return baby_steps_for(dim, max([block_no, *numbers]) + 1)
+
+
+def repack_gallery(ctx: PublicContext, sessions: sessionmaker[Session], gallery_id: int) -> tuple[int, int]:
+    """Re-lay out every block of a gallery that is not in its planned layout, one block per
+    transaction; returns ``(repacked, blocks)``. Safe to stop and run again."""
+    with session_scope(sessions) as session:
+        blocks = repository.gallery_blocks(session, gallery_id)
+    repacked = 0
+    for model_version, block_no in blocks:
+        with session_scope(sessions) as session:
+            repacked += repack_block(ctx, session, gallery_id, model_version, block_no)
+    return repacked, len(blocks)
+
+
 def repack_block(
     ctx: PublicContext, session: Session, gallery_id: int, model_version: str, block_no: int
 ) -> bool:
-    """Re-lay out one packed block in its planned layout, in the caller's transaction.
+    """Re-lay out one packed block in the gallery's planned layout, in the caller's transaction.
 
     Returns False (and writes nothing) when the block is already laid out so; the delta
     of the block is left to the next compaction.
@@ -58,7 +78,7 @@ def repack_block(
     block = repository.lock_block(session, gallery_id, model_version, block_no)
     if block is None:
         raise LookupError(f"block {block_no} of gallery {gallery_id} ({model_version}) does not exist")
-    baby_steps = baby_steps_for(block.dim, block_no)
+    baby_steps = planned_baby_steps(session, gallery_id, model_version, block.dim, block_no)
     if _in_layout(block, baby_steps):
         return False
     diagonals = _planned_diagonals(ctx, session, block, baby_steps)
@@ -82,7 +102,8 @@ def relayout(
 
     Diagonal ``i`` moves left by ``giant_offset(i, current) - giant_offset(i, planned)``
     (modulo the slots: a move right is a long move left), with the power-of-two Galois keys
-    that every key set has: a one-off cost of a few key switches per diagonal.
+    that every key set has: a one-off cost per diagonal of about one key switch when ``g``
+    grows (a multiple of the old ``g`` below the new one), about nine from a single-step block.
     """
     return [
         ctx.rotate(diagonal, (giant_offset(i, current) - giant_offset(i, planned)) % ctx.slots)

@@ -6,8 +6,8 @@ from veilface.crypto.params import DEFAULT_PARAMS, CkksParams
 
 #: Cost of one giant step of a block (rescale, relinearisation and rotation of a partial sum
 #: at the score level), in units of one baby step (a rotation of the probe at the packed
-#: level); measured with :mod:`veilface.bench.he` (1.87 ms / 1.50 ms on the 2-core reference).
-GIANT_STEP_COST = 1.25
+#: level): 2.2 ms / 1.44 ms, from the block time at g = 32 against g = d on the 2-core VM.
+GIANT_STEP_COST = 1.5
 
 
 def place(sequence: int, dim: int, params: CkksParams = DEFAULT_PARAMS) -> tuple[int, int]:
@@ -23,15 +23,16 @@ def query_cost(dim: int, baby_steps: int, blocks: int) -> float:
     return (baby_steps - 1) + blocks * (dim // baby_steps - 1) * GIANT_STEP_COST
 
 
-def baby_steps_for(dim: int, block_no: int) -> int:
-    """The baby steps ``g`` of block ``block_no`` when it is (re)written.
+def baby_steps_for(dim: int, blocks: int) -> int:
+    """The baby steps ``g`` of the blocks of a gallery of ``blocks`` blocks.
 
-    A gallery that has block ``n`` has at least ``n + 1`` blocks, and a matcher holding
-    ``B`` blocks pays ``g - 1`` probe rotations once and ``d/g - 1`` giant steps per block:
-    ``g`` is the power of two minimising :func:`query_cost` for ``B = n + 1`` (about
-    ``sqrt(1.25 * B * d)``: 32 for the first block at 512-D or 1024-D, 256 from about 50
-    blocks on at 512-D), so small galleries get a small fixed cost and large ones keep
-    few giant steps per block.
+    A matcher holding ``B`` blocks pays ``g - 1`` probe rotations once and ``d/g - 1``
+    giant steps per block: ``g`` is the power of two minimising :func:`query_cost` (about
+    ``sqrt(1.5 * B * d)``: 32 for one block at 512-D or 1024-D, 256 from 43 blocks on at
+    512-D), so small galleries get a small fixed cost and large ones few giant steps per
+    block. ``g`` only grows with the gallery; blocks written under a smaller one are re-laid
+    out by :func:`veilface.search.compaction.repack_gallery` (cheap: left rotations by
+    multiples of the old ``g``).
     """
     candidates = [1 << k for k in range(dim.bit_length())]
-    return min(candidates, key=lambda g: (query_cost(dim, g, block_no + 1), -g))
+    return min(candidates, key=lambda g: (query_cost(dim, g, max(1, blocks)), -g))

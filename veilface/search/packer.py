@@ -43,12 +43,14 @@ def import_block(
     block_no: int,
     templates: np.ndarray,
     slots: np.ndarray | None = None,
+    blocks: int | None = None,
 ) -> repository.BlockRef:
-    """Bulk import: pack ``templates`` (at ``slots``) into block ``block_no`` in its planned
-    layout and write it, in the caller's transaction (template rows are the caller's)."""
+    """Bulk import: pack ``templates`` (at ``slots``) into block ``block_no`` in the layout
+    planned for a gallery of ``blocks`` blocks (default ``block_no + 1``: pass the count the
+    import ends with) and write it, in the caller's transaction (template rows are the caller's)."""
     templates = np.asarray(templates, dtype=np.float64)
     dim = templates.shape[-1]
-    baby_steps = baby_steps_for(dim, block_no)
+    baby_steps = baby_steps_for(dim, blocks or block_no + 1)
     diagonals = pack_block(ctx, templates, baby_steps, slots)
     return repository.write_block(
         session, gallery_id, model_version, block_no, dim, diagonals, len(templates), baby_steps
