@@ -309,6 +309,8 @@ def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(k
 
     with session_scope(factory) as session:
         assert compact_block(ctx, session, gallery_id, model, 0, DIM) == 1
+    # The matcher's compaction leaves single-step blocks to the command (their re-layout is long).
+    assert repack_gallery(ctx, factory, gallery_id, single_step=False) == (0, 3)
     env = {"VEILFACE_VAR_DIR": str(tmp_path), "VEILFACE_KEY_DIR": str(key_dir), "VEILFACE_DATABASE_URL": ""}
     for repacked in (1, 0):  # block 1 (block 0 was compacted, block 2 is new); then nothing
         result = CliRunner().invoke(main, ["galleries", "repack", "legacy"], env=env)
@@ -343,12 +345,12 @@ def test_growing_gallery_raises_the_baby_steps_of_its_older_blocks(keys, data, t
             [{"gallery_id": gallery_id, "subject_id": subject_id, "model_version": "m",
               "image_sha256": f"{n:064x}", "block_no": 0, "slot": n, "state": "packed"} for n in range(50)],
         )  # fmt: skip
-    assert baby_steps_for(DIM, 1) < baby_steps_for(DIM, 3)
+    assert baby_steps_for(DIM, 1) == baby_steps_for(DIM, 2) < baby_steps_for(DIM, 3)
     with session_scope(factory) as session:
-        for block_no in (1, 2):
-            import_block(ctx, session, gallery_id, "m", block_no, templates[50:60], blocks=3)
-    assert repack_gallery(ctx, factory, gallery_id) == (1, 3)
-    assert repack_gallery(ctx, factory, gallery_id) == (0, 3)
+        for block_no in (1, 2):  # each written for the gallery it ends: blocks 0 and 1 lag behind
+            import_block(ctx, session, gallery_id, "m", block_no, templates[50:60])
+    # One block per call (as the matcher's compaction does it), then nothing left to do.
+    assert [repack_gallery(ctx, factory, gallery_id, limit=1) for _ in range(3)] == [(1, 3), (1, 3), (0, 3)]
     shard = Shard(ctx, gallery_id, "m", DIM)
     with session_scope(factory) as session:
         shard.refresh(session)

@@ -146,6 +146,11 @@ def _compaction_lock(gallery_id: int, model_version: str) -> Iterator[bool]:
                 conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
+#: Blocks a compaction re-lays out at most after its fold, so that it stays short; the next
+#: compactions go on where it stopped.
+REPACK_PER_COMPACTION = 4
+
+
 @app.task(name=TASK_COMPACT, **TASK_OPTIONS)
 def compact(gallery_id: int, model_version: str) -> dict:
     """Fold the gallery's delta into its packed blocks, one block per transaction.
@@ -167,8 +172,11 @@ def compact(gallery_id: int, model_version: str) -> dict:
         for block_no in sorted({entry.block_no for entry in pending}):
             with session_scope(runtime.sessions) as session:
                 folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
-        # A new block can raise the gallery's baby steps: re-lay out the blocks written before it.
-        repacked, _ = repack_gallery(runtime.context, runtime.sessions, gallery_id)
+        # A new block can raise the gallery's baby steps: re-lay out a few blocks written before
+        # it (about a second each; single-step blocks of older releases are left to the CLI).
+        repacked, _ = repack_gallery(
+            runtime.context, runtime.sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
+        )
         log.info(
             "compacted %d templates of gallery %d (%s), %d blocks re-laid out",
             folded, gallery_id, model_version, repacked,

@@ -55,29 +55,54 @@ def planned_baby_steps(session: Session, gallery_id: int, model_version: str, di
     return baby_steps_for(dim, max([block_no, *numbers]) + 1)
 
 
-def repack_gallery(ctx: PublicContext, sessions: sessionmaker[Session], gallery_id: int) -> tuple[int, int]:
-    """Re-lay out every block of a gallery that is not in its planned layout, one block per
-    transaction; returns ``(repacked, blocks)``. Safe to stop and run again."""
+def repack_gallery(
+    ctx: PublicContext,
+    sessions: sessionmaker[Session],
+    gallery_id: int,
+    *,
+    limit: int | None = None,
+    single_step: bool = True,
+) -> tuple[int, int]:
+    """Re-lay out the blocks of a gallery that are not in its planned layout, one block per
+    transaction; returns ``(repacked, blocks)``. Safe to stop and run again.
+
+    ``limit`` bounds how many blocks are rewritten (the rest wait for the next call);
+    ``single_step=False`` leaves single-step blocks alone (their re-layout costs about ten
+    key switches per diagonal, 10-20 s a block: ``veilface galleries repack`` does it).
+    """
     with session_scope(sessions) as session:
         blocks = repository.gallery_blocks(session, gallery_id)
     repacked = 0
     for model_version, block_no in blocks:
+        if limit is not None and repacked >= limit:
+            break
         with session_scope(sessions) as session:
-            repacked += repack_block(ctx, session, gallery_id, model_version, block_no)
+            repacked += repack_block(
+                ctx, session, gallery_id, model_version, block_no, single_step=single_step
+            )
     return repacked, len(blocks)
 
 
 def repack_block(
-    ctx: PublicContext, session: Session, gallery_id: int, model_version: str, block_no: int
+    ctx: PublicContext,
+    session: Session,
+    gallery_id: int,
+    model_version: str,
+    block_no: int,
+    *,
+    single_step: bool = True,
 ) -> bool:
     """Re-lay out one packed block in the gallery's planned layout, in the caller's transaction.
 
-    Returns False (and writes nothing) when the block is already laid out so; the delta
-    of the block is left to the next compaction.
+    Returns False (and writes nothing) when the block is already laid out so, or is a
+    single-step block and ``single_step`` is False; the delta of the block is left to the
+    next compaction.
     """
     block = repository.lock_block(session, gallery_id, model_version, block_no)
     if block is None:
         raise LookupError(f"block {block_no} of gallery {gallery_id} ({model_version}) does not exist")
+    if block.layout_version != BABY_GIANT_LAYOUT and not single_step:
+        return False
     baby_steps = planned_baby_steps(session, gallery_id, model_version, block.dim, block_no)
     if _in_layout(block, baby_steps):
         return False
