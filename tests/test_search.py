@@ -14,8 +14,9 @@ from veilface.crypto.codec import Kind
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.errors import InvalidCiphertext
-from veilface.search import ranking
+from veilface.search import compaction, ranking
 from veilface.search.compaction import compact_block, relayout, repack_gallery
+from veilface.search.delta import fold
 from veilface.search.engine import prepare_probe, score_block
 from veilface.search.layout import baby_steps_for
 from veilface.search.packer import import_block, pack_block
@@ -154,9 +155,8 @@ def test_engine_matches_plaintext_through_the_database(keys, data, factory):
     deleted = PACKED + 3
     with session_scope(factory) as session:
         session.execute(delete(Template).where(Template.slot == deleted, Template.block_no == 0))
-    with session_scope(factory) as session:
-        assert compact_block(ctx, session, gallery_id, model, 0, DIM) == DELTA - 1
-        assert compact_block(ctx, session, gallery_id, model, 1, DIM) == DELTA_NEXT
+    assert compact_block(ctx, factory, gallery_id, model, 0, DIM) == DELTA - 1
+    assert compact_block(ctx, factory, gallery_id, model, 1, DIM) == DELTA_NEXT
     with session_scope(factory) as session:
         versions = dict(session.execute(select(Block.block_no, Block.version)).all())
         states = session.execute(select(Template.state, Template.ciphertext)).all()
@@ -307,8 +307,7 @@ def test_old_layout_blocks_are_searched_then_repacked_with_identical_decisions(k
                        2: (BABY_GIANT_LAYOUT, baby_steps_for(DIM, 3))}  # fmt: skip
     assert top_before == sorted(live.values(), key=lambda n: -vectors[n] @ probe)[:10]
 
-    with session_scope(factory) as session:
-        assert compact_block(ctx, session, gallery_id, model, 0, DIM) == 1
+    assert compact_block(ctx, factory, gallery_id, model, 0, DIM) == 1
     # The matcher's compaction leaves single-step blocks to the command (their re-layout is long).
     assert repack_gallery(ctx, factory, gallery_id, single_step=False) == (0, 3)
     env = {"VEILFACE_VAR_DIR": str(tmp_path), "VEILFACE_KEY_DIR": str(key_dir), "VEILFACE_DATABASE_URL": ""}
@@ -360,3 +359,52 @@ def test_growing_gallery_raises_the_baby_steps_of_its_older_blocks(keys, data, t
     vectors[:50] = templates[:50]
     decrypted = decrypt(secret, [r for r in shard.search(encrypt_probe(ctx, probe)) if r.block_no == 0])
     assert check_scores(ctx, decrypted, vectors, probe, capacity) == set(range(50))
+
+
+def test_compaction_lets_enrollment_go_on_and_never_folds_a_template_deleted_meanwhile(
+    keys, data, factory, monkeypatch
+):
+    """While a block is folded (seconds at 1024-D) a new template is enrolled into it and a delta
+    template deleted: neither waits for the compaction, which sees the change, folds again
+    and folds exactly the live templates."""
+    ctx, secret = keys
+    templates, probe = data
+    with session_scope(factory) as session:
+        gallery = Gallery(name="busy")
+        session.add(gallery)
+        session.flush()
+        subject = Subject(gallery_id=gallery.id, name="s")
+        session.add(subject)
+        session.flush()
+        gallery_id, subject_id = gallery.id, subject.id
+
+    def rows(slots):
+        return [{"gallery_id": gallery_id, "subject_id": subject_id, "model_version": "m",
+                 "image_sha256": f"{n:064x}", "block_no": 0, "slot": n, "state": "delta",
+                 "ciphertext": encrypt_template(ctx, templates[n], n)} for n in slots]  # fmt: skip
+
+    with session_scope(factory) as session:
+        session.execute(insert(Template), rows(range(10)))
+    folds = []
+
+    def fold_while_others_write(*args):
+        if not folds:  # the first fold: another transaction enrolls slot 10 and deletes slot 3
+            with session_scope(factory) as other:
+                other.execute(insert(Template), rows([10]))
+                other.execute(delete(Template).where(Template.slot == 3))
+        folds.append(args)
+        return fold(*args)
+
+    monkeypatch.setattr(compaction, "fold", fold_while_others_write)
+    assert compact_block(ctx, factory, gallery_id, "m", 0, DIM) == 10
+    assert len(folds) == 2
+    with session_scope(factory) as session:
+        states = dict(session.execute(select(Template.slot, Template.state)).all())
+    assert states == {n: "packed" for n in range(11) if n != 3}
+    shard = Shard(ctx, gallery_id, "m", DIM)
+    with session_scope(factory) as session:
+        shard.refresh(session)
+    vectors = np.zeros((ctx.params.block_capacity, DIM))
+    vectors[:11] = templates[:11]
+    decrypted = decrypt(secret, shard.search(encrypt_probe(ctx, probe)))
+    assert check_scores(ctx, decrypted, vectors, probe, ctx.params.block_capacity) == set(range(11)) - {3}

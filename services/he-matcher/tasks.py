@@ -153,10 +153,11 @@ REPACK_PER_COMPACTION = 4
 
 @app.task(name=TASK_COMPACT, **TASK_OPTIONS)
 def compact(gallery_id: int, model_version: str) -> dict:
-    """Fold the gallery's delta into its packed blocks, one block per transaction.
+    """Fold the gallery's delta into its packed blocks, one block at a time.
 
     A compaction killed halfway leaves every block either folded or untouched (each
-    block's transaction rolls back as a whole); the next compaction finishes the job.
+    block's write is one transaction, which rolls back as a whole); the next compaction
+    finishes the job. Enrollments are not blocked while a block is folded.
     """
     with _compaction_lock(gallery_id, model_version) as acquired:
         if not acquired:
@@ -169,13 +170,13 @@ def compact(gallery_id: int, model_version: str) -> dict:
         if not pending:
             return {"folded": 0}
         dim = peek_dim(next(iter(dims.values())))
+        context, sessions = runtime.context, runtime.sessions
         for block_no in sorted({entry.block_no for entry in pending}):
-            with session_scope(runtime.sessions) as session:
-                folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
+            folded += compact_block(context, sessions, gallery_id, model_version, block_no, dim)
         # A new block can raise the gallery's baby steps: re-lay out a few blocks written before
         # it (about a second each; single-step blocks of older releases are left to the CLI).
         repacked, _ = repack_gallery(
-            runtime.context, runtime.sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
+            context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
         )
         log.info(
             "compacted %d templates of gallery %d (%s), %d blocks re-laid out",

@@ -264,8 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     # Compaction of the delta into its block(s), then a check of the folded scores.
     start = time.perf_counter()
     for block_no in sorted({int(n // capacity) for n in delta_indices}):
-        with session_scope(factory) as session:
-            compact_block(ctx, session, gallery_id, model_version, block_no, args.dim)
+        compact_block(ctx, factory, gallery_id, model_version, block_no, args.dim)
     compaction_s = (time.perf_counter() - start) / max(1, len(delta_indices))
     with session_scope(factory) as session:
         shard.refresh(session)

@@ -17,35 +17,56 @@ from veilface.store.db import session_scope
 
 
 def compact_block(
-    ctx: PublicContext, session: Session, gallery_id: int, model_version: str, block_no: int, dim: int
+    ctx: PublicContext,
+    sessions: sessionmaker[Session],
+    gallery_id: int,
+    model_version: str,
+    block_no: int,
+    dim: int,
+    attempts: int = 3,
 ) -> int:
-    """Fold the delta of one block, in the caller's transaction; return how many templates.
+    """Fold the delta of one block; return how many templates (0: nothing to fold, or the block
+    kept changing under ``attempts`` folds).
 
-    Locks the block and its delta rows, writes the new diagonals (version + 1) in the
-    gallery's planned layout (:func:`planned_baby_steps`; a block of another layout is
-    re-laid out first), marks the templates 'packed' and clears their delta ciphertexts.
-    Tombstoned templates are not folded (they are no longer in the delta).
+    Enrollments into the block are never blocked by the fold (seconds): a first short
+    transaction reads the delta, the block and the plan without locks; the fold runs outside
+    any transaction; a second one locks the block row and the folded templates by primary key,
+    checks that neither changed meanwhile (another compaction, a deleted template; then the
+    fold is discarded and done again), writes the new diagonals (version + 1) in the gallery's
+    planned layout (:func:`planned_baby_steps`; a block of another layout is re-laid out
+    first), marks the templates 'packed' and clears their delta ciphertexts. Tombstoned
+    templates are not folded (they are no longer in the delta).
     """
-    block = repository.lock_block(session, gallery_id, model_version, block_no)
-    rows = repository.lock_block_delta(session, gallery_id, model_version, block_no)
-    if not rows:
-        return 0
-    baby_steps = planned_baby_steps(session, gallery_id, model_version, dim, block_no)
-    groups = merge_groups(ctx, dim, ((slot, load_template(ctx, blob, dim)) for _, slot, blob in rows))
-    diagonals = None if block is None else _planned_diagonals(ctx, session, block, baby_steps)
-    folded = fold(ctx, dim, groups, diagonals, baby_steps)
-    repository.write_block(
-        session,
-        gallery_id,
-        model_version,
-        block_no,
-        dim,
-        [ctx.dumps(ciphertext, Kind.DIAGONAL) for ciphertext in folded],
-        filled=(block.filled if block else 0) + len(rows),
-        baby_steps=baby_steps,
-    )
-    repository.mark_packed(session, (template_id for template_id, _, _ in rows))
-    return len(rows)
+    for _ in range(attempts):
+        with session_scope(sessions) as session:
+            block = repository.find_block(session, gallery_id, model_version, block_no)
+            rows = repository.block_delta(session, gallery_id, model_version, block_no)
+            if not rows:
+                return 0
+            baby_steps = planned_baby_steps(session, gallery_id, model_version, dim, block_no)
+            stored = None if block is None else _read_diagonals(ctx, session, block)
+        diagonals = None if block is None else _in_planned_layout(ctx, block, stored, baby_steps)
+        groups = merge_groups(ctx, dim, ((slot, load_template(ctx, blob, dim)) for _, slot, blob in rows))
+        folded = fold(ctx, dim, groups, diagonals, baby_steps)
+        blobs = [ctx.dumps(ciphertext, Kind.DIAGONAL) for ciphertext in folded]
+        template_ids = {template_id for template_id, _, _ in rows}
+        with session_scope(sessions) as session:
+            current = repository.lock_block(session, gallery_id, model_version, block_no)
+            if current != block or repository.lock_delta_templates(session, template_ids) != template_ids:
+                continue
+            repository.write_block(
+                session,
+                gallery_id,
+                model_version,
+                block_no,
+                dim,
+                blobs,
+                filled=(block.filled if block else 0) + len(rows),
+                baby_steps=baby_steps,
+            )
+            repository.mark_packed(session, template_ids)
+            return len(rows)
+    return 0
 
 
 def planned_baby_steps(session: Session, gallery_id: int, model_version: str, dim: int, block_no: int) -> int:
@@ -76,47 +97,41 @@ def repack_gallery(
     for model_version, block_no in blocks:
         if limit is not None and repacked >= limit:
             break
-        with session_scope(sessions) as session:
-            repacked += repack_block(
-                ctx, session, gallery_id, model_version, block_no, single_step=single_step
-            )
+        repacked += repack_block(ctx, sessions, gallery_id, model_version, block_no, single_step=single_step)
     return repacked, len(blocks)
 
 
 def repack_block(
     ctx: PublicContext,
-    session: Session,
+    sessions: sessionmaker[Session],
     gallery_id: int,
     model_version: str,
     block_no: int,
     *,
     single_step: bool = True,
 ) -> bool:
-    """Re-lay out one packed block in the gallery's planned layout, in the caller's transaction.
+    """Re-lay out one packed block in the gallery's planned layout; True if it was rewritten.
 
-    Returns False (and writes nothing) when the block is already laid out so, or is a
-    single-step block and ``single_step`` is False; the delta of the block is left to the
-    next compaction.
+    As in :func:`compact_block`, the rotations run outside any transaction and the block is
+    written only if it did not change meanwhile. False (nothing written) when the block is
+    already laid out so, changed meanwhile, or is a single-step block and ``single_step`` is
+    False; the delta of the block is left to the next compaction.
     """
-    block = repository.lock_block(session, gallery_id, model_version, block_no)
-    if block is None:
-        raise LookupError(f"block {block_no} of gallery {gallery_id} ({model_version}) does not exist")
-    if block.layout_version != BABY_GIANT_LAYOUT and not single_step:
-        return False
-    baby_steps = planned_baby_steps(session, gallery_id, model_version, block.dim, block_no)
-    if _in_layout(block, baby_steps):
-        return False
-    diagonals = _planned_diagonals(ctx, session, block, baby_steps)
-    repository.write_block(
-        session,
-        gallery_id,
-        model_version,
-        block_no,
-        block.dim,
-        [ctx.dumps(ciphertext, Kind.DIAGONAL) for ciphertext in diagonals],
-        filled=block.filled,
-        baby_steps=baby_steps,
-    )
+    with session_scope(sessions) as session:
+        block = repository.find_block(session, gallery_id, model_version, block_no)
+        if block is None:
+            raise LookupError(f"block {block_no} of gallery {gallery_id} ({model_version}) does not exist")
+        baby_steps = planned_baby_steps(session, gallery_id, model_version, block.dim, block_no)
+        if _in_layout(block, baby_steps) or (block.layout_version != BABY_GIANT_LAYOUT and not single_step):
+            return False
+        stored = _read_diagonals(ctx, session, block)
+    blobs = [ctx.dumps(c, Kind.DIAGONAL) for c in _in_planned_layout(ctx, block, stored, baby_steps)]
+    with session_scope(sessions) as session:
+        if repository.lock_block(session, gallery_id, model_version, block_no) != block:
+            return False
+        repository.write_block(
+            session, gallery_id, model_version, block_no, block.dim, blobs, block.filled, baby_steps
+        )
     return True
 
 
@@ -140,13 +155,16 @@ def _in_layout(block: BlockRef, baby_steps: int) -> bool:
     return block.layout_version == BABY_GIANT_LAYOUT and block.baby_steps == baby_steps
 
 
-def _planned_diagonals(
-    ctx: PublicContext, session: Session, block: BlockRef, baby_steps: int
-) -> list[sealapi.Ciphertext]:
-    diagonals = [
+def _read_diagonals(ctx: PublicContext, session: Session, block: BlockRef) -> list[sealapi.Ciphertext]:
+    return [
         ctx.loads(blob, Kind.DIAGONAL, level=ctx.packed_level)
         for blob in repository.read_diagonals(session, block.block_id)
     ]
+
+
+def _in_planned_layout(
+    ctx: PublicContext, block: BlockRef, diagonals: list[sealapi.Ciphertext], baby_steps: int
+) -> list[sealapi.Ciphertext]:
     if _in_layout(block, baby_steps):
         return diagonals
     return relayout(ctx, diagonals, block.baby_steps, baby_steps)

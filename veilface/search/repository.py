@@ -120,10 +120,11 @@ def delta_ciphertexts(session: Session, template_ids: Iterable[int]) -> dict[int
     return {row.id: row.ciphertext for row in rows if row.ciphertext is not None}
 
 
-def lock_block_delta(
+def block_delta(
     session: Session, gallery_id: int, model_version: str, block_no: int
 ) -> list[tuple[int, int, bytes]]:
-    """``(template_id, slot, ciphertext)`` of a block's delta, rows locked for the compaction."""
+    """``(template_id, slot, ciphertext)`` of a block's delta (a plain read: no lock, so that
+    enrollments into the block go on while a compaction folds them)."""
     rows = session.execute(
         select(Template.id, Template.slot, Template.ciphertext)
         .where(
@@ -134,20 +135,39 @@ def lock_block_delta(
             Template.ciphertext.is_not(None),
         )
         .order_by(Template.slot)
-        .with_for_update()
     ).all()
     return [(row.id, row.slot, row.ciphertext) for row in rows]
 
 
+def lock_delta_templates(session: Session, template_ids: Iterable[int]) -> set[int]:
+    """Those of ``template_ids`` still in the delta, their rows locked by primary key (no range
+    lock: inserts of new templates are not blocked)."""
+    ids = list(template_ids)
+    if not ids:
+        return set()
+    rows = session.scalars(
+        select(Template.id)
+        .where(Template.id.in_(ids), Template.state == "delta", Template.ciphertext.is_not(None))
+        .with_for_update()
+    )
+    return set(rows)
+
+
+def _block_query(gallery_id: int, model_version: str, block_no: int):
+    return select(Block).where(
+        Block.gallery_id == gallery_id, Block.model_version == model_version, Block.block_no == block_no
+    )
+
+
+def find_block(session: Session, gallery_id: int, model_version: str, block_no: int) -> BlockRef | None:
+    """The block row (``None`` if the block does not exist yet), not locked."""
+    block = session.scalars(_block_query(gallery_id, model_version, block_no)).one_or_none()
+    return None if block is None else _ref(block)
+
+
 def lock_block(session: Session, gallery_id: int, model_version: str, block_no: int) -> BlockRef | None:
     """The block row, locked for rewriting (``None`` if the block does not exist yet)."""
-    block = session.scalars(
-        select(Block)
-        .where(
-            Block.gallery_id == gallery_id, Block.model_version == model_version, Block.block_no == block_no
-        )
-        .with_for_update()
-    ).one_or_none()
+    block = session.scalars(_block_query(gallery_id, model_version, block_no).with_for_update()).one_or_none()
     return None if block is None else _ref(block)
 
 
