@@ -4,8 +4,8 @@
 stack (MariaDB + Redis when ``VEILFACE_DATABASE_URL`` / ``VEILFACE_BROKER_URL`` are set,
 else the embedded defaults), enrolls ``--gallery`` LFW photos over HTTP (each its own
 subject, so every template is searched; ``enroll_total_s`` is their wall time, ``enroll_p50_s``
-the median request), waits for compaction, then times ``--queries`` identify requests with
-held-back photos of enrolled people.
+the median request), waits for the compactions they queued to land, then times ``--queries``
+identify requests with held-back photos of enrolled people.
 
 With ``--plaintext`` the bench also runs the plaintext pipeline in its own process (the active model,
 the main face of each photo, cosine similarity, no encryption) on the same gallery and queries, and
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from sqlalchemy import func, select
 from tqdm import tqdm
 
 from veilface.config import Settings, load_settings
@@ -35,6 +36,8 @@ from veilface.demo import percentile
 from veilface.face.pipeline import FacePipeline
 from veilface.registry import ModelRegistry
 from veilface.stack import Stack
+from veilface.store.db import make_engine
+from veilface.store.models import Template
 
 
 def _photos(lfw: Path) -> list[list[Path]]:
@@ -61,6 +64,23 @@ def plaintext_top1(settings: Settings, gallery: list[Path], probes: list[Path]) 
         e = embed(probe)
         best.append(None if e is None else names[int(np.argmax(matrix @ e))])
     return best
+
+
+def wait_for_compaction(settings: Settings, timeout_s: float = 600.0) -> None:
+    """Wait until the delta is below the compaction threshold, i.e. the compactions queued by the
+    enrollments have landed (what is left stays in the delta until more enrollments come)."""
+    engine = make_engine(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                pending = conn.scalar(select(func.count()).where(Template.state == "delta"))
+            if pending < settings.compaction_threshold:
+                return
+            time.sleep(1)
+    finally:
+        engine.dispose()
+    raise TimeoutError(f"the delta still held {pending} templates after {timeout_s:.0f} s")
 
 
 def main() -> None:
@@ -109,7 +129,7 @@ def main() -> None:
         codes = [code for code, _ in timed]
         enrolled = [photo for photo, code in zip(gallery, codes, strict=True) if code == 201]
         failures = {str(photo): code for photo, code in zip(gallery, codes, strict=True) if code != 201}
-        time.sleep(5)  # let the last compaction land
+        wait_for_compaction(settings)
         latencies, correct, answers = [], 0, []
         for enrolled_photo, probe in tqdm(queries, desc="identify"):
             start = time.perf_counter()
