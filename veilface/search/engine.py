@@ -60,7 +60,9 @@ def score_block(
     left by ``g`` after relinearising; ``P_0`` is added last, so the result keeps size 3,
     the score level and the scale of the single-step kernel (``g = d``: one partial sum).
     """
-    if len(diagonals) != probe.dim or baby_steps > probe.baby_steps:
+    if len(diagonals) != probe.dim:
+        raise ValueError(f"a block of dimension {probe.dim} has {probe.dim} diagonals, not {len(diagonals)}")
+    if baby_steps > probe.baby_steps:
         raise ValueError(f"a block of {baby_steps} baby steps needs a probe prepared for as many")
     evaluator = ctx.evaluator
     rotations = probe.rotations[:baby_steps]
