@@ -178,6 +178,10 @@ def compact(gallery_id: int, model_version: str) -> dict:
         repacked, _ = repack_gallery(
             context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
         )
+        shard = _shards.get((gallery_id, model_version))
+        if shard is not None:  # reload the rewritten blocks it holds now, not in the next search
+            with session_scope(sessions) as session:
+                shard.refresh(session)
         log.info(
             "compacted %d templates of gallery %d (%s), %d blocks re-laid out",
             folded, gallery_id, model_version, repacked,
