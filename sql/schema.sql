@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     dim INTEGER NOT NULL,
     version INTEGER NOT NULL,              -- bumped by each compaction; matchers reload on change
     filled INTEGER NOT NULL,
+    layout_version INTEGER NOT NULL DEFAULT 1,  -- 1 single-step diagonals, 2 baby-step giant-step
+    baby_steps INTEGER NULL,               -- g of a layout-2 block (NULL for layout 1)
     updated_at DATETIME NOT NULL,
     PRIMARY KEY (id),
     UNIQUE KEY uq_block (gallery_id, model_version, block_no),

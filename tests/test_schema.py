@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
 from sqlalchemy import create_engine, inspect, select
 
 from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
 from veilface.store.apikeys import hash_key, sync_bootstrap_key
-from veilface.store.db import create_schema, session_factory, session_scope, upsert_once
+from veilface.store.db import BLOCK_LAYOUT_COLUMNS, create_schema, session_factory, session_scope, upsert_once
 from veilface.store.galleries import get_or_create_gallery, get_or_create_subject
 from veilface.store.models import ApiKey, Base, Gallery
 
@@ -125,3 +126,28 @@ def test_processes_creating_the_sqlite_schema_together_all_succeed(tmp_path):
         process.join(60)
     assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert set(inspect(create_engine(url)).get_table_names()) == set(Base.metadata.tables)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_blocks_of_a_database_from_before_layouts_gain_the_layout_columns(backend, tmp_path):
+    """A database created before block layouts were versioned gets the columns at start-up;
+    its blocks read as single-step (layout 1), and a second start-up changes nothing."""
+    name = f"{MYSQL_DATABASE}_layout"
+    url = fresh_mysql_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    create_schema(engine)
+    with engine.begin() as conn:
+        for column in BLOCK_LAYOUT_COLUMNS:
+            conn.exec_driver_sql(f"ALTER TABLE blocks DROP COLUMN {column}")
+        conn.exec_driver_sql("INSERT INTO galleries (name, created_at) VALUES ('old', '2026-01-01 00:00:00')")
+        conn.exec_driver_sql(
+            "INSERT INTO blocks (gallery_id, model_version, block_no, dim, version, filled, updated_at)"
+            " SELECT id, 'm', 0, 128, 1, 5, '2026-01-01 00:00:00' FROM galleries"
+        )
+    create_schema(engine)
+    create_schema(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT layout_version, baby_steps FROM blocks").all() == [(1, None)]
+    engine.dispose()
+    if backend == "mariadb":
+        drop_mysql_database(name)

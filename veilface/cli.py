@@ -273,6 +273,37 @@ def galleries_delete(settings: Settings, name: str) -> None:
     click.echo(f"deleted {name}")
 
 
+@galleries.command("repack")
+@click.argument("name", required=False)
+@click.pass_obj
+def galleries_repack(settings: Settings, name: str | None) -> None:
+    """Re-lay out packed blocks (of NAME, or of every gallery) in the current layout.
+
+    Blocks written before the baby-step giant-step layout, or for a smaller gallery, keep
+    working but cost a query more rotations; this rewrites them with the public keys only,
+    one block per transaction (a few seconds each at most), and leaves blocks already laid out
+    alone, so it can be stopped and run again. Matchers reload rewritten blocks at their next
+    search; the matchers' compaction does the same after each fold.
+    """
+    from sqlalchemy import select
+
+    from veilface.crypto.public import PublicContext
+    from veilface.search.compaction import repack_gallery
+    from veilface.store.models import Gallery
+
+    ctx = PublicContext.load(settings.public_context_path)
+    sessions = _sessions(settings)
+    with session_scope(sessions) as session:
+        if name:
+            chosen = [store.get_gallery(session, name)]
+        else:
+            chosen = session.scalars(select(Gallery).order_by(Gallery.name)).all()
+        targets = [(gallery.name, gallery.id) for gallery in chosen]
+    for gallery_name, gallery_id in targets:
+        repacked, blocks = repack_gallery(ctx, sessions, gallery_id)
+        click.echo(f"{gallery_name}: {repacked} of {blocks} blocks repacked")
+
+
 @main.group()
 def models() -> None:
     """The model registry."""

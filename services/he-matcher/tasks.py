@@ -29,7 +29,7 @@ from veilface.schemas import (
     error_payload,
 )
 from veilface.search import repository
-from veilface.search.compaction import compact_block
+from veilface.search.compaction import compact_block, repack_gallery
 from veilface.search.delta import load_template, merge_groups, score_delta
 from veilface.search.engine import MaskCache, prepare_probe
 from veilface.search.results import ScoreResult
@@ -151,14 +151,20 @@ def _compaction_lock(gallery_id: int, model_version: str) -> Iterator[bool]:
                 conn.scalar(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
 
 
+#: Blocks a compaction re-lays out at most after its fold, so that it stays short; the next
+#: compactions go on where it stopped.
+REPACK_PER_COMPACTION = 4
+
+
 @app.task(name=TASK_COMPACT, ignore_result=True, **TASK_OPTIONS)
 def compact(gallery_id: int, model_version: str) -> dict:
-    """Fold the gallery's delta into its packed blocks, one block per transaction.
+    """Fold the gallery's delta into its packed blocks, one block at a time.
 
     Nobody waits for a compaction, so its result is not stored (nor left in the result backend).
 
     A compaction killed halfway leaves every block either folded or untouched (each
-    block's transaction rolls back as a whole); the next compaction finishes the job.
+    block's write is one transaction, which rolls back as a whole); the next compaction
+    finishes the job. Enrollments are not blocked while a block is folded.
     """
     with _compaction_lock(gallery_id, model_version) as acquired:
         if not acquired:
@@ -171,8 +177,20 @@ def compact(gallery_id: int, model_version: str) -> dict:
         if not pending:
             return {"folded": 0}
         dim = peek_dim(next(iter(dims.values())))
+        context, sessions = runtime.context, runtime.sessions
         for block_no in sorted({entry.block_no for entry in pending}):
-            with session_scope(runtime.sessions) as session:
-                folded += compact_block(runtime.context, session, gallery_id, model_version, block_no, dim)
-        log.info("compacted %d templates of gallery %d (%s)", folded, gallery_id, model_version)
-        return {"folded": folded}
+            folded += compact_block(context, sessions, gallery_id, model_version, block_no, dim)
+        # A new block can raise the gallery's baby steps: re-lay out a few blocks written before
+        # it (about a second each; single-step blocks of older releases are left to the CLI).
+        repacked, _ = repack_gallery(
+            context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
+        )
+        shard = _shards.get((gallery_id, model_version))
+        if shard is not None:  # reload the rewritten blocks it holds now, not in the next search
+            with session_scope(sessions) as session:
+                shard.refresh(session)
+        log.info(
+            "compacted %d templates of gallery %d (%s), %d blocks re-laid out",
+            folded, gallery_id, model_version, repacked,
+        )  # fmt: skip
+        return {"folded": folded, "repacked": repacked}

@@ -27,13 +27,13 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
+from veilface.bench.latency_model import search_seconds
 from veilface.config import load_settings
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.search import ranking
 from veilface.search.compaction import compact_block
-from veilface.search.packer import pack_block
-from veilface.search.repository import write_block
+from veilface.search.packer import import_block
 from veilface.search.shard import Shard
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, Subject, Template
@@ -98,6 +98,25 @@ def time_product(ctx: PublicContext, rng: np.random.Generator, repeats: int = 20
     for _ in range(repeats):
         ctx.evaluator.multiply(a, b, out)
     return (time.perf_counter() - start) / repeats
+
+
+def time_rotations(ctx: PublicContext, rng: np.random.Generator, repeats: int = 50) -> tuple[float, float]:
+    """Seconds per baby step (a probe rotation at the packed level) and per giant step (rescale,
+    relinearisation and rotation of a size-3 partial sum at the score level)."""
+    a = ctx.encrypt(rng.standard_normal(ctx.slots) * 0.05, ctx.packed_level)
+    partial = sealapi.Ciphertext()
+    ctx.evaluator.multiply(a, a, partial)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        ctx.rotate(a, 1)
+    baby = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for _ in range(repeats):
+        rescaled = sealapi.Ciphertext()
+        ctx.evaluator.rescale_to_next(partial, rescaled)
+        ctx.evaluator.relinearize_inplace(rescaled, ctx.relin_keys)
+        ctx.rotate(rescaled, 32)
+    return baby, (time.perf_counter() - start) / repeats
 
 
 def time_naive(templates: np.ndarray, probe: np.ndarray) -> float:
@@ -169,13 +188,23 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     for first in tqdm(range(0, args.gallery, capacity), desc="pack+store blocks", unit="block"):
         indices = np.arange(first, min(first + capacity, args.gallery))
-        diagonals = pack_block(ctx, templates[indices], indices % capacity)
-        block_bytes.append(sum(len(blob) for blob in diagonals) / len(indices))
         with session_scope(factory) as session:
-            write_block(
-                session, gallery_id, model_version, first // capacity, args.dim, diagonals, len(indices)
+            block = import_block(
+                ctx,
+                session,
+                gallery_id,
+                model_version,
+                first // capacity,
+                templates[indices],
+                indices % capacity,
+                blocks=math.ceil(args.gallery / capacity),
             )
             session.execute(insert(Template), template_rows(indices, "packed"))
+            stored = session.scalar(
+                text("SELECT SUM(LENGTH(ciphertext)) FROM block_ciphertexts WHERE block_id = :b"),
+                {"b": block.block_id},
+            )
+        block_bytes.append(stored / len(indices))
     import_s = time.perf_counter() - start
 
     # Delta: templates enrolled one by one by the embedder.
@@ -192,6 +221,7 @@ def run(args: argparse.Namespace) -> dict:
     with session_scope(factory) as session:
         shard.refresh(session)
     load_s = time.perf_counter() - start
+    baby_steps = [shard.blocks[n].ref.baby_steps for n in sorted(shard.blocks)]
     rss_per_template = (resident_kib() - rss_before) * 1024 / max(1, args.gallery)
 
     live = {(int(n // capacity), int(n % capacity)): int(n) for n in range(total)}
@@ -234,8 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     # Compaction of the delta into its block(s), then a check of the folded scores.
     start = time.perf_counter()
     for block_no in sorted({int(n // capacity) for n in delta_indices}):
-        with session_scope(factory) as session:
-            compact_block(ctx, session, gallery_id, model_version, block_no, args.dim)
+        compact_block(ctx, factory, gallery_id, model_version, block_no, args.dim)
     compaction_s = (time.perf_counter() - start) / max(1, len(delta_indices))
     with session_scope(factory) as session:
         shard.refresh(session)
@@ -245,13 +274,13 @@ def run(args: argparse.Namespace) -> dict:
     t_block = statistics.median(per_block)
     t_fixed = statistics.median(fixed)
     t_product = time_product(ctx, rng)
+    t_baby, t_giant = time_rotations(ctx, rng)
     sample = min(args.naive_sample, total)
     t_naive = time_naive(templates[:sample], queries[0])
     per_core = capacity / t_block
-    blocks_2p20 = math.ceil(2**20 / capacity)
     cores = os.cpu_count() or 1
     per_template_memory = shard.resident_bytes / (len(shard.blocks) * capacity)
-    return {
+    report = {
         "gallery": args.gallery,
         "dim": args.dim,
         "queries": args.queries,
@@ -268,8 +297,11 @@ def run(args: argparse.Namespace) -> dict:
         "product_ms": t_product * 1e3,
         "block_search_ms": t_block * 1e3,
         "query_fixed_s": t_fixed,
+        "baby_steps": baby_steps,
+        "baby_step_ms": t_baby * 1e3,
+        "giant_step_ms": t_giant * 1e3,
         "score_ciphertext_bytes": len(results_sample_bytes(shard, ctx, queries[0])),
-        "extrapolated_2p20_s": math.ceil(blocks_2p20 / cores) * t_block + t_fixed,
+        "extrapolated_2p20_s": None,  # the cost model, below
         "extrapolated_2p20_cores": cores,
         "bytes_per_template": statistics.mean(block_bytes[:-1] or block_bytes),
         "delta_template_bytes": statistics.mean(len(b) for b in delta_blobs) if delta_blobs else None,
@@ -287,6 +319,8 @@ def run(args: argparse.Namespace) -> dict:
         "templates_per_24_gib": int(24 * GIB / per_template_memory),
         "machine": machine_info(),
     }
+    report["extrapolated_2p20_s"] = search_seconds(report, 2**20, cores)
+    return report
 
 
 def results_sample_bytes(shard: Shard, ctx: PublicContext, query: np.ndarray) -> bytes:

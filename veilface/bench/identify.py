@@ -3,7 +3,8 @@
 ``python -m veilface.bench.identify --gallery 1000 --queries 50 --out FILE.json`` starts the
 stack (MariaDB + Redis when ``VEILFACE_DATABASE_URL`` / ``VEILFACE_BROKER_URL`` are set,
 else the embedded defaults), enrolls ``--gallery`` LFW photos over HTTP (each its own
-subject, so every template is searched), waits for compaction, then times ``--queries``
+subject, so every template is searched; ``enroll_total_s`` is their wall time, ``enroll_p50_s``
+the median request), waits for the compactions they queued to land, then times ``--queries``
 identify requests with held-back photos of enrolled people.
 
 With ``--plaintext`` the bench also runs the plaintext pipeline in its own process (the active model,
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from sqlalchemy import func, select
 from tqdm import tqdm
 
 from veilface.config import Settings, load_settings
@@ -34,6 +36,8 @@ from veilface.demo import percentile
 from veilface.face.pipeline import FacePipeline
 from veilface.registry import ModelRegistry
 from veilface.stack import Stack
+from veilface.store.db import make_engine
+from veilface.store.models import Template
 
 
 def _photos(lfw: Path) -> list[list[Path]]:
@@ -60,6 +64,23 @@ def plaintext_top1(settings: Settings, gallery: list[Path], probes: list[Path]) 
         e = embed(probe)
         best.append(None if e is None else names[int(np.argmax(matrix @ e))])
     return best
+
+
+def wait_for_compaction(settings: Settings, timeout_s: float = 600.0) -> None:
+    """Wait until the delta is below the compaction threshold, i.e. the compactions queued by the
+    enrollments have landed (what is left stays in the delta until more enrollments come)."""
+    engine = make_engine(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                pending = conn.scalar(select(func.count()).where(Template.state == "delta"))
+            if pending < settings.compaction_threshold:
+                return
+            time.sleep(1)
+    finally:
+        engine.dispose()
+    raise TimeoutError(f"the delta still held {pending} templates after {timeout_s:.0f} s")
 
 
 def main() -> None:
@@ -90,7 +111,8 @@ def main() -> None:
     try:
         stack.wait_ready()
 
-        def enroll(photo: Path) -> int:
+        def enroll(photo: Path) -> tuple[int, float]:
+            start = time.perf_counter()
             r = requests.post(
                 f"{stack.url}/v1/galleries/bench/subjects/{photo.stem}/faces",
                 headers=headers,
@@ -98,13 +120,16 @@ def main() -> None:
                 params={"face": "main"},
                 timeout=300,
             )
-            return r.status_code
+            return r.status_code, time.perf_counter() - start
 
+        started = time.perf_counter()
         with ThreadPoolExecutor(args.embedders * 2) as pool:
-            codes = list(tqdm(pool.map(enroll, gallery), total=len(gallery), desc="enroll"))
+            timed = list(tqdm(pool.map(enroll, gallery), total=len(gallery), desc="enroll"))
+        enroll_total_s = time.perf_counter() - started
+        codes = [code for code, _ in timed]
         enrolled = [photo for photo, code in zip(gallery, codes, strict=True) if code == 201]
         failures = {str(photo): code for photo, code in zip(gallery, codes, strict=True) if code != 201}
-        time.sleep(5)  # let the last compaction land
+        wait_for_compaction(settings)
         latencies, correct, answers = [], 0, []
         for enrolled_photo, probe in tqdm(queries, desc="identify"):
             start = time.perf_counter()
@@ -134,6 +159,8 @@ def main() -> None:
     report = {
         "gallery_templates": len(enrolled),
         "enroll_failures": failures,
+        "enroll_total_s": round(enroll_total_s, 1),
+        "enroll_p50_s": round(statistics.median(seconds for _, seconds in timed), 3),
         "queries": len(queries),
         "top1_correct": correct,
         **plaintext,

@@ -144,8 +144,7 @@ def _gallery_splitting_blocks(sessions, model_version: str, blocks: int, matcher
 def import_gallery(settings, count: int, seed: int = 0) -> tuple[int, str, float]:
     """Bulk-import ``count`` random templates as packed blocks with live template rows."""
     from veilface.crypto.public import PublicContext
-    from veilface.search.packer import pack_block
-    from veilface.search.repository import write_block
+    from veilface.search.packer import import_block
 
     started = time.perf_counter()
     model = ModelRegistry(settings).active()
@@ -189,9 +188,9 @@ def import_gallery(settings, count: int, seed: int = 0) -> tuple[int, str, float
         session.add(SlotCounter(gallery_id=gallery_id, model_version=model.version, next_slot=count))
     for block_no in range(blocks):
         n = min(capacity, count - block_no * capacity)
-        diagonals = pack_block(ctx, rng.normal(size=(n, model.dim)))
+        templates = rng.normal(size=(n, model.dim))
         with session_scope(sessions) as session:
-            write_block(session, gallery_id, model.version, block_no, model.dim, diagonals, filled=n)
+            import_block(ctx, session, gallery_id, model.version, block_no, templates, blocks=blocks)
         print(f"block {block_no}: {n} templates packed and written", flush=True)
     engine.dispose()
     return gallery_id, model.version, time.perf_counter() - started

@@ -93,21 +93,21 @@ class PublicContext:
         return ciphertext
 
     def rotate(self, ciphertext: sealapi.Ciphertext, steps: int) -> sealapi.Ciphertext:
-        """Rotate left by ``steps`` (< max_dim) as a chain of power-of-two rotations.
+        """Rotate left by ``steps`` (``0 <= steps < slots``) as a chain of power-of-two rotations.
 
-        Returns ``ciphertext`` itself when ``steps`` is 0.
+        Steps below ``max_dim`` cost one key switch per set bit; larger ones (a right rotation
+        written as a left one) repeat the largest key, ``max_dim / 2``. Returns ``ciphertext``
+        itself when ``steps`` is 0.
         """
-        if not 0 <= steps < self.params.max_dim:
-            raise ValueError(f"rotation by {steps} has no Galois keys")
+        if not 0 <= steps < self.slots:
+            raise ValueError(f"rotation by {steps} outside [0, {self.slots})")
+        largest = self.params.max_dim // 2
+        repeats, steps = divmod(steps, largest) if steps >= self.params.max_dim else (0, steps)
         result = ciphertext
-        bit = 1
-        while steps:
-            if steps & bit:
-                rotated = sealapi.Ciphertext()
-                self.evaluator.rotate_vector(result, bit, self.galois_keys, rotated)
-                result = rotated
-                steps ^= bit
-            bit <<= 1
+        for bit in [largest] * repeats + [1 << k for k in range(steps.bit_length()) if steps >> k & 1]:
+            rotated = sealapi.Ciphertext()
+            self.evaluator.rotate_vector(result, bit, self.galois_keys, rotated)
+            result = rotated
         return result
 
     def copy(self, ciphertext: sealapi.Ciphertext) -> sealapi.Ciphertext:

@@ -6,10 +6,12 @@ windows, so their ciphertexts add up into one group ciphertext ``U_c``.
 * Search: ``U_c * p``, relinearise, rescale, rotate-and-sum over windows of ``dim`` slots,
   then multiply by the group's position mask so that only whole scores remain (no partial
   sums reach the gateway); the groups of a block add into one score ciphertext.
-* Fold (compaction): diagonal ``i`` of the block gains ``rot(sum_c U_c * M_{(c+i) mod d}, i)``:
-  one plaintext mask product per (group, diagonal), one rescale and one rotation per
-  diagonal shared by every template folded into the block. Masks are encoded at the
-  scale of the dropped prime, so folded diagonals keep the exact scale 2^40.
+* Fold (compaction): diagonal ``i`` of the block gains ``rot(sum_c U_c * M_{(c+i) mod d}, i)``,
+  stored rotated right by its giant offset (:func:`veilface.crypto.layout.giant_offset`), so
+  the rotation is by ``i mod g`` only: one plaintext mask product per (group, diagonal), one
+  rescale and one rotation per diagonal shared by every template folded into the block.
+  Masks are encoded at the scale of the dropped prime, so folded diagonals keep the exact
+  scale 2^40.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tenseal.sealapi as sealapi
 
 from veilface.crypto import codec
 from veilface.crypto.codec import Kind
+from veilface.crypto.layout import giant_offset
 from veilface.crypto.public import PublicContext
 from veilface.errors import InvalidCiphertext
 from veilface.search.engine import MaskCache, PreparedProbe
@@ -76,8 +79,10 @@ def fold(
     dim: int,
     groups: Mapping[int, sealapi.Ciphertext],
     diagonals: list[sealapi.Ciphertext] | None,
+    baby_steps: int,
 ) -> list[sealapi.Ciphertext]:
-    """Fold delta groups into a block's diagonals (packed level); ``None`` starts an empty block.
+    """Fold delta groups into a block's diagonals (packed level, laid out with ``baby_steps``);
+    ``None`` starts an empty block.
 
     Returns the new diagonals; the input list is updated in place when given. Each step
     needs the masks of residues ``(c + i) mod d``; consecutive groups share all but one.
@@ -96,7 +101,7 @@ def fold(
             else:
                 evaluator.add_inplace(accumulated, product)
         evaluator.rescale_to_next_inplace(accumulated)
-        rotated = ctx.rotate(accumulated, i)
+        rotated = ctx.rotate(accumulated, i - giant_offset(i, baby_steps))
         if result[i] is None:
             result[i] = rotated
         else:

@@ -14,16 +14,24 @@ from sqlalchemy.orm import Session
 
 from veilface.store.models import Block, BlockCiphertext, Template
 
+#: Diagonals stored as they are (``g = dim``): blocks written before layouts were versioned.
+SINGLE_STEP_LAYOUT = 1
+#: Diagonals pre-rotated for ``baby_steps`` baby steps (:mod:`veilface.crypto.layout`).
+BABY_GIANT_LAYOUT = 2
+
 
 @dataclass(frozen=True)
 class BlockRef:
-    """Identity and version of a packed block."""
+    """Identity, version and layout of a packed block."""
 
     block_id: int
     block_no: int
     version: int
     dim: int
     filled: int
+    layout_version: int
+    #: ``g`` of the layout; ``dim`` for a single-step block.
+    baby_steps: int
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,10 @@ class DeltaEntry:
 
 
 def _ref(block: Block) -> BlockRef:
-    return BlockRef(block.id, block.block_no, block.version, block.dim, block.filled)
+    baby_steps = block.dim if block.layout_version == SINGLE_STEP_LAYOUT else block.baby_steps
+    return BlockRef(
+        block.id, block.block_no, block.version, block.dim, block.filled, block.layout_version, baby_steps
+    )
 
 
 def block_refs(session: Session, gallery_id: int, model_version: str) -> dict[int, BlockRef]:
@@ -45,6 +56,16 @@ def block_refs(session: Session, gallery_id: int, model_version: str) -> dict[in
         select(Block).where(Block.gallery_id == gallery_id, Block.model_version == model_version)
     )
     return {block.block_no: _ref(block) for block in rows}
+
+
+def gallery_blocks(session: Session, gallery_id: int) -> list[tuple[str, int]]:
+    """``(model_version, block_no)`` of every packed block of a gallery, in order."""
+    rows = session.execute(
+        select(Block.model_version, Block.block_no)
+        .where(Block.gallery_id == gallery_id)
+        .order_by(Block.model_version, Block.block_no)
+    )
+    return [(row.model_version, row.block_no) for row in rows]
 
 
 def read_diagonals(session: Session, block_id: int) -> list[bytes]:
@@ -99,10 +120,11 @@ def delta_ciphertexts(session: Session, template_ids: Iterable[int]) -> dict[int
     return {row.id: row.ciphertext for row in rows if row.ciphertext is not None}
 
 
-def lock_block_delta(
+def block_delta(
     session: Session, gallery_id: int, model_version: str, block_no: int
 ) -> list[tuple[int, int, bytes]]:
-    """``(template_id, slot, ciphertext)`` of a block's delta, rows locked for the compaction."""
+    """``(template_id, slot, ciphertext)`` of a block's delta (a plain read: no lock, so that
+    enrollments into the block go on while a compaction folds them)."""
     rows = session.execute(
         select(Template.id, Template.slot, Template.ciphertext)
         .where(
@@ -113,20 +135,39 @@ def lock_block_delta(
             Template.ciphertext.is_not(None),
         )
         .order_by(Template.slot)
-        .with_for_update()
     ).all()
     return [(row.id, row.slot, row.ciphertext) for row in rows]
 
 
+def lock_delta_templates(session: Session, template_ids: Iterable[int]) -> set[int]:
+    """Those of ``template_ids`` still in the delta, their rows locked by primary key (no range
+    lock: inserts of new templates are not blocked)."""
+    ids = list(template_ids)
+    if not ids:
+        return set()
+    rows = session.scalars(
+        select(Template.id)
+        .where(Template.id.in_(ids), Template.state == "delta", Template.ciphertext.is_not(None))
+        .with_for_update()
+    )
+    return set(rows)
+
+
+def _block_query(gallery_id: int, model_version: str, block_no: int):
+    return select(Block).where(
+        Block.gallery_id == gallery_id, Block.model_version == model_version, Block.block_no == block_no
+    )
+
+
+def find_block(session: Session, gallery_id: int, model_version: str, block_no: int) -> BlockRef | None:
+    """The block row (``None`` if the block does not exist yet), not locked."""
+    block = session.scalars(_block_query(gallery_id, model_version, block_no)).one_or_none()
+    return None if block is None else _ref(block)
+
+
 def lock_block(session: Session, gallery_id: int, model_version: str, block_no: int) -> BlockRef | None:
     """The block row, locked for rewriting (``None`` if the block does not exist yet)."""
-    block = session.scalars(
-        select(Block)
-        .where(
-            Block.gallery_id == gallery_id, Block.model_version == model_version, Block.block_no == block_no
-        )
-        .with_for_update()
-    ).one_or_none()
+    block = session.scalars(_block_query(gallery_id, model_version, block_no).with_for_update()).one_or_none()
     return None if block is None else _ref(block)
 
 
@@ -138,8 +179,10 @@ def write_block(
     dim: int,
     diagonals: Sequence[bytes],
     filled: int,
+    baby_steps: int,
 ) -> BlockRef:
-    """Create a block or replace its diagonals, bumping its version."""
+    """Create a block or replace its diagonals, laid out for ``baby_steps`` baby steps (layout 2),
+    bumping its version."""
     if len(diagonals) != dim:
         raise ValueError(f"a block of dimension {dim} needs {dim} diagonals")
     block = session.scalars(
@@ -155,6 +198,8 @@ def write_block(
             dim=dim,
             version=1,
             filled=filled,
+            layout_version=BABY_GIANT_LAYOUT,
+            baby_steps=baby_steps,
         )
         session.add(block)
         session.flush()
@@ -163,6 +208,8 @@ def write_block(
             raise ValueError(f"block {block_no} has dimension {block.dim}, not {dim}")
         block.version += 1
         block.filled = filled
+        block.layout_version = BABY_GIANT_LAYOUT
+        block.baby_steps = baby_steps
         session.execute(delete(BlockCiphertext).where(BlockCiphertext.block_id == block.id))
     for index, ciphertext in enumerate(diagonals):
         session.execute(

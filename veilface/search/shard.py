@@ -149,16 +149,21 @@ class Shard:
         prepared = self.prepare(probe)
         return [*self.search_blocks(prepared), *self.search_delta(prepared)]
 
+    @property
+    def baby_steps(self) -> int:
+        """Probe rotations a query needs: the largest ``g`` among the blocks with live slots."""
+        return max((block.ref.baby_steps for block in self.blocks.values() if block.slots), default=1)
+
     def prepare(self, probe: bytes) -> PreparedProbe:
         """The per-query work shared by all blocks (parsing and rotating the probe)."""
-        return prepare_probe(self.ctx, probe, self.dim)
+        return prepare_probe(self.ctx, probe, self.dim, self.baby_steps)
 
     def search_blocks(self, prepared: PreparedProbe) -> Iterator[ScoreResult]:
         """One score result per packed block with live slots."""
         for block_no in sorted(self.blocks):
             block = self.blocks[block_no]
             if block.slots:
-                scores = score_block(self.ctx, block.diagonals, prepared)
+                scores = score_block(self.ctx, block.diagonals, block.ref.baby_steps, prepared)
                 yield ScoreResult(
                     block_no,
                     block.ref.version,

@@ -24,6 +24,14 @@ MYSQL_DRIVER_HINT = (
 )
 
 
+#: Columns of ``blocks`` added after the first release, for databases created before them:
+#: the layout of a block's diagonals (existing blocks are single-step, layout 1).
+BLOCK_LAYOUT_COLUMNS = {
+    "layout_version": "layout_version INTEGER NOT NULL DEFAULT 1",
+    "baby_steps": "baby_steps INTEGER NULL",
+}
+
+
 def make_engine(settings: Settings) -> Engine:
     """Create the engine for ``settings.sqlalchemy_url`` (SQLite folders are created)."""
     url = settings.sqlalchemy_url
@@ -68,6 +76,18 @@ def create_schema(engine: Engine) -> None:
                 conn.execute(CreateTable(table, if_not_exists=True))
                 for index in table.indexes:
                     conn.execute(CreateIndex(index, if_not_exists=True))
+    with engine.begin() as conn:
+        add_block_layout_columns(conn)
+
+
+def add_block_layout_columns(conn: Connection) -> None:
+    """Add :data:`BLOCK_LAYOUT_COLUMNS` to a ``blocks`` table that lacks them (idempotent; on
+    MariaDB ``IF NOT EXISTS`` also covers processes that start together)."""
+    present = {column["name"] for column in inspect(conn).get_columns("blocks")}
+    guard = "IF NOT EXISTS " if conn.dialect.name in ("mysql", "mariadb") else ""
+    for name, definition in BLOCK_LAYOUT_COLUMNS.items():
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE blocks ADD COLUMN {guard}{definition}")
 
 
 def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables) -> None:

@@ -113,6 +113,11 @@ class Block(Base):
     #: Bumped at each compaction that rewrites the block; matchers reload on change.
     version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     filled: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    #: How the diagonals are stored: 1 single-step (as written before layouts were versioned),
+    #: 2 pre-rotated for ``baby_steps`` baby steps (see :mod:`veilface.crypto.layout`).
+    layout_version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    #: ``g`` of a layout-2 block; NULL for layout 1 (which searches as ``g = dim``).
+    baby_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow, nullable=False)
 
 
