@@ -31,6 +31,7 @@ from kombu.utils.uuid import uuid
 from sqlalchemy import func, select
 
 from tests.conftest import REDIS_URL
+from tests.test_embedded_stack import enroll_main_face
 from veilface import errors
 from veilface.api import create_app
 from veilface.api.gateway import Gateway
@@ -189,24 +190,13 @@ class Bound:
         return (self.logs / f"{worker}.log").stat().st_size
 
 
-def _enroll(stack: Stack, headers: dict[str, str], gallery: str, photo: Path) -> None:
-    r = requests.post(
-        f"{stack.url}/v1/galleries/{gallery}/subjects/{photo.parent.name}/faces",
-        headers=headers,
-        files=[("image", photo.read_bytes())],
-        params={"face": "main"},
-        timeout=120,
-    )
-    assert r.status_code == 201, r.text
-
-
 @pytest.fixture(scope="module")
 def bound(stack, mysql_redis_env, admin_headers, lfw_people) -> Iterator[Bound]:
     """The victim enrolled in GALLERY, another person in VICTIM_GALLERY; both galleries go at the end."""
     settings = load_settings(mysql_redis_env)
     victim, other = lfw_people[-2], lfw_people[-3]
-    _enroll(stack, admin_headers, GALLERY, victim[0])
-    _enroll(stack, admin_headers, VICTIM_GALLERY, other[0])
+    enroll_main_face(stack, admin_headers, victim[0], GALLERY)
+    enroll_main_face(stack, admin_headers, other[0], VICTIM_GALLERY)
     gateway = create_app(settings).extensions["veilface"]
     client = redis.Redis.from_url(REDIS_URL)
     yield Bound(
@@ -391,7 +381,7 @@ def test_the_embedded_queue_keeps_no_consumed_message(embedded_stack, admin_head
     not even in freed pages."""
     people = lfw_people[200:203]
     for photos in people:
-        _enroll(embedded_stack, admin_headers, GALLERY, photos[0])
+        enroll_main_face(embedded_stack, admin_headers, photos[0], GALLERY)
     for photos in people:
         r = requests.post(
             f"{embedded_stack.url}/v1/galleries/{GALLERY}/identify",

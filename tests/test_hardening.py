@@ -26,6 +26,7 @@ from veilface.projection import Projection
 from veilface.registry import ModelRegistry
 from veilface.stack import SERVICES
 from veilface.store.apikeys import BOOTSTRAP_NAME, create_api_key
+from veilface.store.db import create_schema, make_engine
 
 ADMIN_KEY = "hardening-admin-" + "a" * 24
 METRICS_TOKEN = "hardening-metrics-" + "m" * 24
@@ -40,7 +41,9 @@ def make_app(tmp_path: Path, key_dir: Path) -> Callable[..., Flask]:
     def make(**overrides) -> Flask:
         environ = {"VEILFACE_VAR_DIR": str(tmp_path), "VEILFACE_KEY_DIR": str(key_dir)}
         environ["VEILFACE_SHARED_DIR"] = str(load_settings().shared_dir)
-        return create_app(load_settings(environ, **overrides))
+        settings = load_settings(environ, **overrides)
+        create_schema(make_engine(settings))  # what `veilface db migrate` does on SQLite
+        return create_app(settings)
 
     return make
 

@@ -122,7 +122,9 @@ def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
         stack.wait_ready()
         people = [(photos[0].parent.name, photos[0], photos[1]) for photos in lfw_people[:3]]
         headers = {"X-API-Key": env["VEILFACE_BOOTSTRAP_API_KEY"]}
-        matcher = requests.get(f"{stack.url}/readyz", timeout=30).json()["checks"]["he_matcher"]["online"]
+        matcher = requests.get(f"{stack.url}/readyz", headers=headers, timeout=30).json()["checks"][
+            "he_matcher"
+        ]["online"]
         attacked = Attacked(stack, database, headers, mode_file, Logs(log_dir), matcher[0]["name"], people)
         for count, (subject, photo, _) in enumerate(people, 1):
             r = attacked.post(f"/v1/galleries/{GALLERY}/subjects/{subject}/faces?face=main", image=photo)
