@@ -74,7 +74,7 @@ class Attacked:
         return sorted(state for (state,) in self.query("SELECT state FROM templates"))
 
     def refused_count(self, task: str) -> float:
-        body = requests.get(f"{self.stack.url}/metrics", timeout=30).text
+        body = requests.get(f"{self.stack.url}/metrics", headers=self.headers, timeout=30).text
         found = re.search(rf'^{REFUSED}{{task="{re.escape(task)}"}} (\S+)$', body, re.MULTILINE)
         return float(found.group(1)) if found else 0.0
 
