@@ -41,11 +41,11 @@ keys: install
 
 ## demo: embedded defaults (SQLite, filesystem queue); enroll LFW identities, identify, print latency
 demo: install
-	$(PY) -m veilface.demo $(if $(DATA),--data $(DATA),)
+	$(PY) -m veilface.local.demo $(if $(DATA),--data $(DATA),)
 
 ## run: the stack as separate processes (gateway on :8080, one embedder, one he-matcher)
 run: install $(if $(USES_MYSQL),install-mysql)
-	$(PY) -m veilface.stack
+	$(PY) -m veilface.local.stack
 
 ## test: ruff, then the whole suite against real MariaDB and Redis (the trainer smoke test needs torch)
 test: install-train install-mysql

@@ -18,7 +18,7 @@ import redis
 import requests
 
 from veilface.config import load_settings
-from veilface.stack import SERVICES, Stack, service_env
+from veilface.local.stack import SERVICES, Stack, service_env
 
 MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
 #: Concurrent test sessions (several developers on one machine) must not share queues.
@@ -101,9 +101,9 @@ def lfw_people(data_dir: Path) -> list[list[Path]]:
 
 def new_key_set(folder: Path) -> Path:
     """Write a fresh CKKS key set, queue key and task key into ``folder``."""
+    from veilface.crypto.keyfiles import generate_message_keys
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
-    from veilface.keyfiles import generate_message_keys
 
     generate_keyset(folder, DEFAULT_PARAMS)
     generate_message_keys(folder)

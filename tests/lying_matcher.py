@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services" / "he
 import tasks as real
 
 from veilface.crypto.codec import Kind
-from veilface.schemas import TASK_PAIR, TASK_SEARCH, ScoreAnswer
+from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH, ScoreAnswer
 from veilface.search.results import ScoreResult
 from veilface.store.db import session_scope
 from veilface.store.models import Template

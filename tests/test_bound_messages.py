@@ -36,9 +36,10 @@ from veilface import errors
 from veilface.api import create_app
 from veilface.api.gateway import Gateway
 from veilface.config import Settings, load_settings
-from veilface.payload import ImageBinding, PayloadSealer
-from veilface.queue import make_celery, send_signed
-from veilface.schemas import (
+from veilface.crypto.sealing import ImageBinding, PayloadSealer
+from veilface.local.stack import Stack
+from veilface.messaging.app import make_celery, send_signed
+from veilface.messaging.messages import (
     EMBED_QUEUE,
     MATCH_QUEUE,
     TASK_COMPACT,
@@ -51,8 +52,7 @@ from veilface.schemas import (
     SearchRequest,
     b64encode,
 )
-from veilface.signing import SIGNATURE_HEADER, TaskSigner
-from veilface.stack import Stack
+from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
 from veilface.store.db import make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, Subject, Template
 

@@ -32,8 +32,8 @@ from veilface.api import compreface
 from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
 from veilface.api.ratelimit import Limits
 from veilface.config import load_settings
-from veilface.registry import BUILTIN_THRESHOLDS
-from veilface.schemas import FaceBox
+from veilface.messaging.messages import FaceBox
+from veilface.models.registry import BUILTIN_THRESHOLDS
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope

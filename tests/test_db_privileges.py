@@ -24,7 +24,7 @@ from tests.conftest import (
     fresh_mysql_database,
     service_accounts,
 )
-from veilface.stack import SERVICES as SERVICE_DIRS
+from veilface.local.stack import SERVICES as SERVICE_DIRS
 from veilface.store.apikeys import create_api_key, hash_key
 from veilface.store.db import session_factory, session_scope
 from veilface.store.models import ApiKey, AuditEntry

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, inspect, text
 from tests.conftest import REDIS_URL
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
-from veilface.registry import ModelRegistry
+from veilface.models.registry import ModelRegistry
 
 GALLERY = "lfw-e2e"
 N_IDENTITIES = 50

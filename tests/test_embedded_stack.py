@@ -20,12 +20,12 @@ from PIL import Image
 
 from tests.conftest import _run_stack, _stack_env
 from veilface.config import load_settings
+from veilface.crypto.keyfiles import generate_message_keys
 from veilface.crypto.params import CkksParams
 from veilface.crypto.secret import generate_keyset
-from veilface.keyfiles import generate_message_keys
-from veilface.projection import fit_pca
-from veilface.registry import ModelRegistry
-from veilface.stack import Stack
+from veilface.local.stack import Stack
+from veilface.models.projection import fit_pca
+from veilface.models.registry import ModelRegistry
 
 GALLERY = "embedded"
 

@@ -20,11 +20,11 @@ from veilface.config import load_settings
 from veilface.eval import benchmarks
 from veilface.eval.calibration import calibrate
 from veilface.eval.encrypted import EncryptedPairScorer
-from veilface.eval.evaluate import cosine_scores, verification_report
 from veilface.eval.extract import FaceExtractor, ImageJob, OcclusionSpec
 from veilface.eval.identification import open_set_identification
 from veilface.eval.occlusion import KINDS, Occluder, landmarks_from_geometry
 from veilface.eval.protocols import PairList, read_pair_file, read_pairs
+from veilface.eval.scoring import cosine_scores, verification_report
 from veilface.eval.variants import Member, Variant, all_members
 from veilface.eval.verification import (
     NO_FACE_SCORE,
@@ -35,8 +35,8 @@ from veilface.eval.verification import (
     tar_at_far,
     threshold_at_far,
 )
-from veilface.registry import ModelRegistry
-from veilface.train.evaluate import misjudged_pairs
+from veilface.models.registry import ModelRegistry
+from veilface.train.holdout import misjudged_pairs
 
 SETTINGS = load_settings()
 DATA = SETTINGS.data_dir

@@ -18,7 +18,7 @@ from veilface.face import (
     get_spec,
 )
 from veilface.face.align import ARCFACE_TEMPLATE, similarity_transform
-from veilface.registry import ModelRegistry
+from veilface.models.registry import ModelRegistry
 
 SETTINGS = load_settings()
 LFW = SETTINGS.data_dir / "lfw" / "images"

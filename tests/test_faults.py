@@ -45,9 +45,9 @@ from tests.conftest import (
 from veilface import errors
 from veilface.api import create_app
 from veilface.config import load_settings
-from veilface.schemas import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH, b64encode
-from veilface.sharding import owner
-from veilface.stack import Stack
+from veilface.local.stack import Stack
+from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH, b64encode
+from veilface.search.routing import owner
 
 TASK_TIMEOUT_S = 15
 VISIBILITY_S = 6
@@ -335,8 +335,8 @@ def identify_until_correct(f: Faults, gallery: str, subject: str, photo: Path, t
 
 def gateway_sender(env: dict[str, str]) -> Callable[[str, list, str], AsyncResult]:
     """``send(task, args, queue)``: queue a task signed with the task key, as the gateway does."""
-    from veilface.queue import make_celery, send_signed
-    from veilface.signing import TaskSigner
+    from veilface.messaging.app import make_celery, send_signed
+    from veilface.messaging.signing import TaskSigner
 
     settings = load_settings(env)
     celery = make_celery(settings)
@@ -756,7 +756,7 @@ def test_gateway_ignores_a_live_matcher_of_another_key_set_and_fails_readiness(f
 
 
 def test_embedder_of_another_model_version_is_refused(faults: Faults, tmp_path: Path):
-    from veilface.registry import ModelRegistry
+    from veilface.models.registry import ModelRegistry
 
     other = load_settings({**faults.env, "VEILFACE_MODEL_DIR": str(tmp_path)})
     ModelRegistry(other).activate("edgeface_xxs")
@@ -795,7 +795,7 @@ def test_hostile_messages_on_matcher_queues_are_refused_without_a_crash(faults: 
     """Messages signed with the task key (as the gateway's, or a holder of task.key) but with hostile
     contents; unsigned ones are refused before they are read (tests/test_bound_messages.py)."""
     from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
-    from veilface.queue import make_celery
+    from veilface.messaging.app import make_celery
 
     settings = load_settings(faults.env)
     celery = make_celery(settings)

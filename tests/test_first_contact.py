@@ -55,7 +55,7 @@ def _start_stack(tmp_path: Path, key_dir: Path) -> tuple[subprocess.Popen, Path,
     var_dir, port = tmp_path / "var", free_port()
     env = _stack_env(var_dir, key_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "veilface.stack", "--bind", f"127.0.0.1:{port}", "--stop-timeout", "20"],
+        [sys.executable, "-m", "veilface.local.stack", "--bind", f"127.0.0.1:{port}", "--stop-timeout", "20"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -116,7 +116,7 @@ def test_sigterm_after_ready_stops_every_child_and_the_front_door_works(tmp_path
 
 def test_a_child_that_ignores_sigterm_is_killed_and_the_exit_status_says_so(tmp_path: Path):
     """The stop timeout bounds the stop; a child that had to be killed makes it exit non-zero."""
-    from veilface.stack import Stack
+    from veilface.local.stack import Stack
 
     stack = Stack(env=dict(os.environ), log_dir=tmp_path)
     stack._spawn(
@@ -158,7 +158,9 @@ def test_the_base_install_and_the_demo_need_no_mysql_client_library(tmp_path: Pa
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([python, "-m", "pip", "install", "--quiet", str(REPO)], env=env, check=True, cwd=tmp_path)
 
-    demo_path = "import veilface.demo, veilface.stack, veilface.api, veilface.cli, veilface.face.pipeline"
+    demo_path = (
+        "import veilface.local.demo, veilface.local.stack, veilface.api, veilface.cli, veilface.face.pipeline"
+    )
     subprocess.run([python, "-c", demo_path], env=env, check=True, cwd=tmp_path)
     missing = subprocess.run([python, "-c", "import MySQLdb"], env=env, capture_output=True, cwd=tmp_path)
     assert missing.returncode != 0, "the base install must not bring the MySQL driver"

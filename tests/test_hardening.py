@@ -22,9 +22,9 @@ from veilface import errors
 from veilface.api import create_app
 from veilface.cli import main
 from veilface.config import MIN_SECRET_LENGTH, SettingError, load_settings
-from veilface.projection import Projection
-from veilface.registry import ModelRegistry
-from veilface.stack import SERVICES
+from veilface.local.stack import SERVICES
+from veilface.models.projection import Projection
+from veilface.models.registry import ModelRegistry
 from veilface.store.apikeys import BOOTSTRAP_NAME, create_api_key
 from veilface.store.db import create_schema, make_engine
 

@@ -24,8 +24,8 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import MYSQL_HOST, _stack_env, drop_mysql_database, free_port, fresh_mysql_database
 from tests.test_faults import Logs, PrivateRedis, wait_for
-from veilface.schemas import TASK_PAIR, TASK_SEARCH
-from veilface.stack import SERVICES, Stack
+from veilface.local.stack import SERVICES, Stack
+from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH
 
 GALLERY = "victims"
 REFUSED = "veilface_refused_matcher_answers_total"

@@ -33,7 +33,7 @@ from tests.conftest import UNTHROTTLED, gateway_process
 from veilface.api.ratelimit import WINDOW_S
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
-from veilface.registry import ModelRegistry
+from veilface.models.registry import ModelRegistry
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import make_engine, session_factory, session_scope

@@ -23,12 +23,12 @@ from veilface.config import Settings, load_settings
 from veilface.eval.occlusion import KINDS as EVAL_KINDS
 from veilface.face import FacePipeline, get_spec
 from veilface.face.align import ARCFACE_TEMPLATE
-from veilface.registry import ModelRegistry
+from veilface.models.registry import ModelRegistry
 from veilface.train.backbones import create_backbone, list_backbones
 from veilface.train.build_lmdb import main as build_lmdb_main
 from veilface.train.config import load_config
-from veilface.train.data import FaceDB, IdentityRange, yaw_ratio
 from veilface.train.dataset import FaceDataset, to_tensor
+from veilface.train.facedb import FaceDB, IdentityRange, yaw_ratio
 from veilface.train.losses import MarginHead
 from veilface.train.occlusion import KINDS, TrainOccluder
 from veilface.train.pose import DreamMapping

@@ -15,7 +15,7 @@ import click
 
 from veilface import errors
 from veilface.config import Settings, load_settings
-from veilface.registry import ModelRegistry
+from veilface.models.registry import ModelRegistry
 from veilface.store import apikeys
 from veilface.store import galleries as store
 from veilface.store.db import create_schema, make_engine, require_schema, session_factory, session_scope
@@ -83,9 +83,9 @@ def keys() -> None:
 def keys_init(settings: Settings, force: bool) -> None:
     """Create the CKKS key set (secret.ctx for the gateway, public.ctx for workers), queue.key
     (gateway and embedders) and task.key (gateway and every worker); missing files only."""
+    from veilface.crypto.keyfiles import generate_message_keys
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
-    from veilface.keyfiles import generate_message_keys
 
     if settings.secret_context_path.exists() and not force:
         click.echo(f"key set already present in {settings.keys_path} (use --force to replace it)")
@@ -169,10 +169,10 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
     Run it where the gateway runs, then give the workers the new public.ctx and task.key
     (embedders also queue.key) and restart the gateway and every worker. See docs/reliability.md.
     """
+    from veilface.admin.rotation import rotate_keys
+    from veilface.crypto.keyfiles import generate_message_keys
     from veilface.crypto.params import DEFAULT_PARAMS
     from veilface.crypto.secret import generate_keyset
-    from veilface.keyfiles import generate_message_keys
-    from veilface.rotation import rotate_keys
 
     def generate(folder: Path) -> str:
         fingerprint = generate_keyset(folder, DEFAULT_PARAMS)
@@ -204,8 +204,8 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
 @click.pass_obj
 def backup(settings: Settings, out: Path, keys_out: Path | None) -> None:
     """Write a consistent snapshot of the database to the empty folder OUT (ciphertexts only)."""
-    from veilface import backup as backups
-    from veilface.workers import deployment_key_set
+    from veilface.admin import backup as backups
+    from veilface.store.presence import deployment_key_set
 
     engine = make_engine(settings)
     with session_scope(session_factory(engine)) as session:
@@ -231,7 +231,7 @@ def backup(settings: Settings, out: Path, keys_out: Path | None) -> None:
 @click.pass_obj
 def restore(settings: Settings, src: Path, keys_from: Path | None, force: bool) -> None:
     """Load the database backup SRC into the configured database (and the keys); stop the stack first."""
-    from veilface import backup as backups
+    from veilface.admin import backup as backups
     from veilface.crypto.public import fingerprint_of
 
     expected = backups.read_manifest(src).get("key_fingerprint")
@@ -403,9 +403,9 @@ def eval_pairs(
     Folds come from the file when it has them, else pair i is in fold i % 10 + 1. Writes OUT and,
     beside it, OUT's ROC curve and score histogram as PNG files.
     """
+    from veilface.eval.pairs import evaluate_pair_file
     from veilface.eval.protocols import read_pair_file
     from veilface.eval.variants import Variant
-    from veilface.eval.verify import evaluate_pair_file
 
     try:
         pairs = read_pair_file(pairs_file, root)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from veilface.keyfiles import QUEUE_KEY, TASK_KEY
+from veilface.crypto.keyfiles import QUEUE_KEY, TASK_KEY
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ class Settings:
     database_url: str = ""
     #: Database URL of the gateway, the embedders and the he-matchers, each with its own account
     #: (MySQL/MariaDB). ``veilface db migrate`` creates these accounts with only the rights their
-    #: service needs, and the local stack (``veilface.stack``) starts each process with its own;
+    #: service needs, and the local stack (``veilface.local.stack``) starts each process with its own;
     #: empty: the service uses ``database_url``.
     gateway_database_url: str = ""
     embedder_database_url: str = ""

@@ -15,11 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from veilface import errors
 from veilface.config import load_settings
 from veilface.crypto.public import encrypt_probe, encrypt_template
+from veilface.crypto.sealing import PayloadSealer
 from veilface.face.pipeline import FacePipeline
-from veilface.payload import PayloadSealer
-from veilface.queue import make_celery
-from veilface.registry import ModelRegistry, ModelVersion
-from veilface.schemas import (
+from veilface.messaging.app import make_celery
+from veilface.messaging.messages import (
     EMBED_QUEUE,
     TASK_ENROLL,
     TASK_PROBE,
@@ -32,12 +31,13 @@ from veilface.schemas import (
     b64encode,
     error_payload,
 )
+from veilface.models.registry import ModelRegistry, ModelVersion
 from veilface.search.layout import place
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.store.models import Gallery, Template
-from veilface.worker import SignedTask, announce, load_runtime
-from veilface.workers import EMBEDDER
+from veilface.store.presence import EMBEDDER
+from veilface.workers.runtime import SignedTask, announce, load_runtime
 
 log = logging.getLogger("veilface.embedder")
 

@@ -18,8 +18,8 @@ from sqlalchemy import text
 from veilface import errors
 from veilface.config import load_settings
 from veilface.crypto.codec import Kind, peek_dim
-from veilface.queue import make_celery
-from veilface.schemas import (
+from veilface.messaging.app import make_celery
+from veilface.messaging.messages import (
     TASK_COMPACT,
     TASK_PAIR,
     TASK_SEARCH,
@@ -35,8 +35,8 @@ from veilface.search.engine import MaskCache, prepare_probe
 from veilface.search.results import ScoreResult
 from veilface.search.shard import Shard
 from veilface.store.db import session_scope
-from veilface.worker import SignedTask, announce, load_runtime
-from veilface.workers import MATCHER
+from veilface.store.presence import MATCHER
+from veilface.workers.runtime import SignedTask, announce, load_runtime
 
 log = logging.getLogger("veilface.he-matcher")
 

@@ -10,13 +10,13 @@ from veilface.api import compreface, console, health, index, openapi, v1
 from veilface.api import errors as error_handlers
 from veilface.api.gateway import Gateway
 from veilface.config import Settings, check_secrets, load_settings
+from veilface.crypto.sealing import PayloadSealer
 from veilface.crypto.secret import SecretContext
-from veilface.payload import PayloadSealer
-from veilface.queue import make_celery
-from veilface.signing import TaskSigner
+from veilface.messaging.app import make_celery
+from veilface.messaging.signing import TaskSigner
 from veilface.store.apikeys import sync_bootstrap_key
 from veilface.store.db import make_engine, require_schema, session_factory, upsert_once
-from veilface.workers import announce_key_set
+from veilface.store.presence import announce_key_set
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, url_for
 
 from veilface.api.auth import require_key
-from veilface.schemas import EMBED_QUEUE, MATCH_QUEUE
-from veilface.workers import MATCHER, live_workers
+from veilface.messaging.messages import EMBED_QUEUE, MATCH_QUEUE
+from veilface.store.presence import MATCHER, live_workers
 
 if TYPE_CHECKING:
     from veilface.api.gateway import Gateway

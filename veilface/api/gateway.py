@@ -24,17 +24,16 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from veilface import errors, sharding
+from veilface import errors
 from veilface.api.health import FORGED_ANSWERS
 from veilface.api.ratelimit import Limits
 from veilface.config import Settings
 from veilface.crypto.codec import peek_dim
 from veilface.crypto.layout import BlockLayout
+from veilface.crypto.sealing import PayloadSealer
 from veilface.crypto.secret import SecretContext
-from veilface.payload import PayloadSealer
-from veilface.queue import send_signed
-from veilface.registry import ModelRegistry
-from veilface.schemas import (
+from veilface.messaging.app import send_signed
+from veilface.messaging.messages import (
     EMBED_QUEUE,
     MATCH_QUEUE,
     TASK_COMPACT,
@@ -53,15 +52,16 @@ from veilface.schemas import (
     b64encode,
     raise_for_error,
 )
-from veilface.search import checks, ranking
+from veilface.messaging.signing import TaskSigner
+from veilface.models.registry import ModelRegistry
+from veilface.search import checks, ranking, routing
 from veilface.search.checks import ShardPlan
 from veilface.search.repository import block_refs
 from veilface.search.results import ScoreResult
-from veilface.signing import TaskSigner
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.store.models import AuditEntry, Gallery
-from veilface.workers import MATCHER, live_workers
+from veilface.store.presence import MATCHER, live_workers
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class Gateway:
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
         queues = {w.name: w.queue for w in matchers}
-        assignment = sharding.assign(
+        assignment = routing.assign(
             list(queues), block_nos, key=lambda b: f"{gallery_id}:{model_version}:{b}"
         )
         pending = []

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy import text
 
 from veilface.api.auth import presented_key, require_key
-from veilface.workers import EMBEDDER, MATCHER, live_workers
+from veilface.store.presence import EMBEDDER, MATCHER, live_workers
 
 REQUESTS = Counter("veilface_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
 LATENCY = Histogram(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from veilface import __version__
-from veilface.projection import NAME_PATTERN
+from veilface.models.projection import NAME_PATTERN
 
 blueprint = Blueprint("openapi", __name__)
 

@@ -31,11 +31,11 @@ import requests
 from sqlalchemy import func, select
 from tqdm import tqdm
 
+from veilface.bench.stats import percentile
 from veilface.config import Settings, load_settings
-from veilface.demo import percentile
 from veilface.face.pipeline import FacePipeline
-from veilface.registry import ModelRegistry
-from veilface.stack import Stack
+from veilface.local.stack import Stack
+from veilface.models.registry import ModelRegistry
 from veilface.store.db import make_engine
 from veilface.store.models import Template
 

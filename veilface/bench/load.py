@@ -41,15 +41,15 @@ import requests
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
 
+from veilface.bench.stats import percentile
 from veilface.config import load_settings
 from veilface.crypto.params import DEFAULT_PARAMS
-from veilface.demo import percentile
-from veilface.queue import make_celery, send_signed
-from veilface.registry import ModelRegistry
-from veilface.schemas import MATCH_QUEUE, TASK_COMPACT
-from veilface.sharding import owner
-from veilface.signing import TaskSigner
-from veilface.stack import Stack
+from veilface.local.stack import Stack
+from veilface.messaging.app import make_celery, send_signed
+from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT
+from veilface.messaging.signing import TaskSigner
+from veilface.models.registry import ModelRegistry
+from veilface.search.routing import owner
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, SlotCounter, Subject, Template, utcnow
 
@@ -331,8 +331,8 @@ def main() -> None:
     settings = load_settings(env)
     _database(args.database_url)
 
+    from veilface.crypto.keyfiles import generate_message_keys
     from veilface.crypto.secret import generate_keyset
-    from veilface.keyfiles import generate_message_keys
 
     generate_keyset(settings.keys_path, DEFAULT_PARAMS)
     generate_message_keys(settings.keys_path)

@@ -7,7 +7,7 @@
 * :mod:`~veilface.eval.variants`, :mod:`~veilface.eval.extract`: embeddings through the production face
   path, in worker processes, in memory only;
 * :mod:`~veilface.eval.encrypted`: the same scores computed under CKKS encryption;
-* :mod:`~veilface.eval.verify` (``veilface eval pairs``) and :mod:`~veilface.eval.run` (``make eval``),
-  with :mod:`~veilface.eval.benchmarks`, :mod:`~veilface.eval.evaluate`, :mod:`~veilface.eval.plots`
+* :mod:`~veilface.eval.pairs` (``veilface eval pairs``) and :mod:`~veilface.eval.run` (``make eval``),
+  with :mod:`~veilface.eval.benchmarks`, :mod:`~veilface.eval.scoring`, :mod:`~veilface.eval.plots`
   and :mod:`~veilface.eval.report`.
 """

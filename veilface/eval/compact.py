@@ -18,10 +18,10 @@ from veilface.config import Settings
 from veilface.eval import benchmarks
 from veilface.eval.calibration import Calibration, calibrate
 from veilface.eval.extract import FaceExtractor
+from veilface.eval.pairs import embed_images
 from veilface.eval.variants import Variant
-from veilface.eval.verify import embed_images
-from veilface.projection import Projection, checked_name, fit_pca
-from veilface.registry import ModelRegistry
+from veilface.models.projection import Projection, checked_name, fit_pca
+from veilface.models.registry import ModelRegistry
 
 
 def fit_projection(

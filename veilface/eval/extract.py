@@ -39,8 +39,8 @@ from veilface.face.detect import FaceDetector
 from veilface.face.embed import Recognizer, join_embeddings
 from veilface.face.image import decode_image
 from veilface.face.pipeline import FacePipeline
-from veilface.projection import split_version
-from veilface.registry import ModelRegistry
+from veilface.models.projection import split_version
+from veilface.models.registry import ModelRegistry
 
 
 @dataclass(frozen=True, eq=False)

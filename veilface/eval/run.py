@@ -37,16 +37,16 @@ from veilface.config import Settings, load_settings
 from veilface.eval import benchmarks
 from veilface.eval.calibration import calibrate
 from veilface.eval.encrypted import EncryptedPairScorer
-from veilface.eval.evaluate import detection_report, fold_thresholds
 from veilface.eval.extract import FaceExtractor, ImageJob, ImageResult, OcclusionSpec
 from veilface.eval.identification import open_set_identification
 from veilface.eval.occlusion import KINDS
+from veilface.eval.pairs import PairOutcome, embed_images, evaluate_protocol
 from veilface.eval.plots import plot_histogram, plot_roc
 from veilface.eval.protocols import PairList
 from veilface.eval.report import update_docs
+from veilface.eval.scoring import detection_report, fold_thresholds
 from veilface.eval.variants import Variant, all_members
 from veilface.eval.verification import kfold_accuracy
-from veilface.eval.verify import PairOutcome, embed_images, evaluate_protocol
 
 DEFAULT_CANDIDATES = (
     "edgeface_xs",

@@ -7,9 +7,9 @@ from veilface.face.align import align_face
 from veilface.face.detect import Detection, FaceDetector
 from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
-from veilface.face.models import RecognizerSpec, get_spec, list_specs
 from veilface.face.pipeline import Face, FacePipeline
 from veilface.face.quality import assess
+from veilface.models.builtins import RecognizerSpec, get_spec, list_specs
 
 __all__ = [
     "Detection",

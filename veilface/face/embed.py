@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from veilface.face.models import RecognizerSpec, get_spec
 from veilface.face.runtime import create_session
+from veilface.models.builtins import RecognizerSpec, get_spec
 
 if TYPE_CHECKING:
-    from veilface.registry import ModelVersion
+    from veilface.models.registry import ModelVersion
 
 #: Largest batch sent to the network at once (twice as many crops with flip fusion); bounds memory.
 _MAX_BATCH = 32

@@ -15,7 +15,7 @@ from veilface.face.detect import FaceDetector
 from veilface.face.embed import EnsembleRecognizer, Recognizer
 from veilface.face.image import decode_image
 from veilface.face.quality import assess
-from veilface.registry import ModelRegistry, ModelVersion
+from veilface.models.registry import ModelRegistry, ModelVersion
 
 
 @dataclass(frozen=True, eq=False)

@@ -42,7 +42,7 @@ class Shard:
     """The blocks of one gallery and model version that one matcher holds in memory.
 
     Block numbers are the unit of sharding: the gateway gives each block number (its
-    packed block and its delta) to one live matcher process (see :mod:`veilface.sharding`)
+    packed block and its delta) to one live matcher process (see :mod:`veilface.search.routing`)
     and merges what they return. ``blocks=None`` holds every block.
     """
 

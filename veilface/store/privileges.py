@@ -19,7 +19,7 @@ from sqlalchemy import Connection, make_url
 from veilface.store.models import Base
 
 DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
-#: A worker's heartbeat row (``veilface.workers.Heartbeat``): added at start, touched, removed at stop.
+#: A worker's heartbeat row (``veilface.store.presence.Heartbeat``): added at start, touched, removed at stop.
 HEARTBEAT = ("SELECT", "INSERT", "UPDATE (model_version, last_seen)", "DELETE")
 
 #: ``service -> table -> rights``; a table a service does not list is closed to it.

@@ -1,7 +1,7 @@
 """``python -m veilface.train.build_lmdb --src DIR --out DB``: align a folder of identities into an LMDB.
 
 ``DIR`` holds one sub-folder per identity (CASIA-WebFace, a CFP or LFW ``images`` folder, your own
-photos); see :mod:`veilface.train.data` for the database layout.
+photos); see :mod:`veilface.train.facedb` for the database layout.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from veilface.config import load_settings
-from veilface.train.data import IdentityRange, build_lmdb
+from veilface.train.facedb import IdentityRange, build_lmdb
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,7 +96,7 @@ class PoseConfig:
     mean frontal embedding of its identity under the starting weights, so that profiles learn to land
     where the pretrained model puts frontal faces (0: off). ``method`` is ``"none"`` or ``"dream"`` (a
     residual mapping fitted after training, kept only if it helps the dev identities). Faces whose
-    :func:`~veilface.train.data.yaw_ratio` is at most ``frontal_yaw`` count as frontal, at least
+    :func:`~veilface.train.facedb.yaw_ratio` is at most ``frontal_yaw`` count as frontal, at least
     ``profile_yaw`` as profile.
     """
 

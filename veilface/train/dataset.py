@@ -1,4 +1,4 @@
-"""The PyTorch side of the data: crops from a :class:`~veilface.train.data.FaceDB` as normalised tensors,
+"""The PyTorch side of the data: crops from a :class:`~veilface.train.facedb.FaceDB` as normalised tensors,
 with seeded augmentation (mirror, synthetic occluders)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from veilface.eval.occlusion import stable_seed
 from veilface.face.align import ARCFACE_TEMPLATE, similarity_transform
 from veilface.train.backbones import MEAN, STD
 from veilface.train.config import AugmentConfig
-from veilface.train.data import FaceDB
+from veilface.train.facedb import FaceDB
 from veilface.train.occlusion import TrainOccluder
 
 

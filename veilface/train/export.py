@@ -19,7 +19,7 @@ from torch import nn
 
 from veilface.config import Settings
 from veilface.face import Recognizer, RecognizerSpec, get_spec, list_specs
-from veilface.registry import ModelRegistry, ModelVersion
+from veilface.models.registry import ModelRegistry, ModelVersion
 from veilface.train.backbones import MEAN, STD
 from veilface.train.dataset import to_tensor
 

@@ -5,7 +5,7 @@ to the embedding ``f`` of a face a residual ``R(f)`` scaled by a yaw coefficient
 that a profile face maps close to the frontal faces of its identity. The paper reads the yaw from a pose
 estimator; here the ONNX graph only receives the crop, so the yaw coefficient is predicted from the
 embedding itself by a logistic gate ``g(f)``, fitted to the yaw coefficient the five landmarks give
-(:func:`~veilface.train.data.yaw_ratio`). The mapping is therefore part of the embedding function and is
+(:func:`~veilface.train.facedb.yaw_ratio`). The mapping is therefore part of the embedding function and is
 exported inside the ONNX graph: the embedder passes nothing more than the crop.
 
     out = normalize(f + g(f) * R(f)),   f = normalize(backbone(crop))

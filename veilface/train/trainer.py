@@ -28,9 +28,9 @@ from veilface.config import Settings
 from veilface.train.backbones import create_backbone
 from veilface.train.config import DataConfig, TrainConfig
 from veilface.train.curves import plot_curves
-from veilface.train.data import FaceDB, IdentityRange, cached_lmdb
 from veilface.train.dataset import FaceDataset, to_tensor
 from veilface.train.export import export_onnx, matching_spec, parity, production_embeddings, register
+from veilface.train.facedb import FaceDB, IdentityRange, cached_lmdb
 from veilface.train.losses import MarginHead
 from veilface.train.pose import DreamMapping, fit_dream
 from veilface.train.validation import DevPairs, dev_metrics

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from veilface import errors
-from veilface.keyfiles import read_key
+from veilface.crypto.keyfiles import read_key
 
 #: Message header that carries ``{"expires": unix_seconds, "mac": hex}``.
 SIGNATURE_HEADER = "veilface_signature"

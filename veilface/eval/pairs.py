@@ -17,13 +17,13 @@ import numpy as np
 from veilface.config import Settings
 from veilface.errors import NotFound
 from veilface.eval.encrypted import EncryptedPairScorer
-from veilface.eval.evaluate import cosine_scores, detection_report, encrypted_agreement, verification_report
 from veilface.eval.extract import FaceExtractor, ImageJob, ImageResult
 from veilface.eval.plots import plot_histogram, plot_roc
 from veilface.eval.protocols import PairList
+from veilface.eval.scoring import cosine_scores, detection_report, encrypted_agreement, verification_report
 from veilface.eval.variants import Variant
 from veilface.eval.verification import NO_FACE_SCORE, make_folds
-from veilface.registry import ModelRegistry
+from veilface.models.registry import ModelRegistry
 
 
 @dataclass(frozen=True, eq=False)

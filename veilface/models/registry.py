@@ -17,7 +17,7 @@ from pathlib import Path
 
 from veilface import errors
 from veilface.config import Settings
-from veilface.projection import Projection, split_version
+from veilface.models.projection import Projection, split_version
 
 #: Cosine-similarity thresholds at FMR 1e-4 with flip fusion (the default), calibrated by ``make eval``
 #: on development impostor pairs (CFP identities 001-250, never the evaluation pairs) and rounded up:
@@ -81,7 +81,7 @@ class ModelRegistry:
         os.replace(tmp, self._file)
 
     def _builtin(self, name: str) -> ModelVersion | None:
-        from veilface.face.models import get_spec
+        from veilface.models.builtins import get_spec
 
         if name not in BUILTIN_THRESHOLDS:
             return None

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from veilface import errors
 from veilface.config import Settings
 from veilface.crypto.public import PublicContext
-from veilface.schemas import error_payload
-from veilface.signing import SIGNATURE_HEADER, TaskSigner
+from veilface.messaging.messages import error_payload
+from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
 from veilface.store.db import make_engine, require_schema, session_factory, session_scope
 from veilface.store.models import Worker
+from veilface.store.presence import Heartbeat, check_key_set
 from veilface.store.privileges import GRANTS
-from veilface.workers import Heartbeat, check_key_set
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import requests
 
+from veilface.bench.stats import percentile
 from veilface.config import load_settings
-from veilface.stack import Stack
+from veilface.local.stack import Stack
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -31,11 +32,6 @@ def identities(folder: Path, count: int) -> list[list[Path]]:
         if len(people) == count:
             break
     return people
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.config import Settings
-from veilface.keyfiles import KEY_FILES
+from veilface.crypto.keyfiles import KEY_FILES
 from veilface.store.db import session_scope
 from veilface.store.models import AuditEntry, Block, BlockCiphertext, Template
-from veilface.workers import set_key_set
+from veilface.store.presence import set_key_set
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from kombu.transport import sqlalchemy as sqla_transport
 from kombu.utils.uuid import uuid
 
 from veilface.config import Settings
-from veilface.schemas import EMBED_QUEUE, MATCH_QUEUE
-from veilface.signing import SIGNATURE_HEADER, TaskSigner
+from veilface.messaging.messages import EMBED_QUEUE, MATCH_QUEUE
+from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
 
 #: Poll period of the embedded SQLite queue, in seconds.
 SQLA_POLL_S = 0.05
@@ -109,7 +109,7 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def send_signed(celery: Celery, signer: TaskSigner, task: str, args: list, queue: str) -> AsyncResult:
-    """Queue ``task`` with its signature (:mod:`veilface.signing`); a worker runs nothing unsigned."""
+    """Queue ``task`` signed (:mod:`veilface.messaging.signing`); a worker runs nothing unsigned."""
     task_id = uuid()
     headers = {SIGNATURE_HEADER: signer.sign(task, task_id, args)}
     return celery.send_task(task, args=args, queue=queue, task_id=task_id, headers=headers)

@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import Engine, Table, delete, func, insert, select
 
 from veilface import errors
+from veilface.crypto.keyfiles import KEY_FILES
 from veilface.crypto.public import fingerprint_of
-from veilface.keyfiles import KEY_FILES
 from veilface.store.db import create_schema
 from veilface.store.models import Base
 

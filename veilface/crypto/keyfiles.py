@@ -1,7 +1,7 @@
 """The deployment's key files, and the two symmetric keys of the queues.
 
-``queue.key`` seals images on the embed queue (:mod:`veilface.payload`): gateway and embedders.
-``task.key`` signs every task message (:mod:`veilface.signing`): gateway, embedders and
+``queue.key`` seals images on the embed queue (:mod:`veilface.crypto.sealing`): gateway and embedders.
+``task.key`` signs every task message (:mod:`veilface.messaging.signing`): gateway, embedders and
 he-matchers. Both are 256-bit random keys, written once (mode 0600) by ``veilface keys init``.
 """
 

@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from veilface import errors
-from veilface.keyfiles import read_key
+from veilface.crypto.keyfiles import read_key
 
 _NONCE_BYTES = 12
 

@@ -25,7 +25,7 @@ import requests
 from veilface import errors
 from veilface.config import Settings, load_settings, path_environ
 
-SERVICES = Path(__file__).resolve().parent.parent / "services"
+SERVICES = Path(__file__).resolve().parents[2] / "services"
 
 log = logging.getLogger(__name__)
 

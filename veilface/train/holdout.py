@@ -1,4 +1,4 @@
-"""``python -m veilface.train.evaluate``: trained and pretrained models on the evaluation identities only.
+"""``python -m veilface.train.holdout``: trained and pretrained models on the evaluation identities only.
 
 ``make eval`` scores every CFP split, but the trainer fine-tunes on CFP identities 001-250 (splits 1-5),
 so a trained model may only be judged on splits 6-7 (identities 251-350). This runs the evaluation
@@ -11,7 +11,7 @@ pair lists, its occluder seed, kinds and occluded sides, its k-fold report) on:
 
 Each protocol's report also lists the pairs it got wrong (``misjudged``), to see where a model fails.
 
-Usage: ``python -m veilface.train.evaluate --candidates edgeface_xs VERSION ... --out FILE.json``.
+Usage: ``python -m veilface.train.holdout --candidates edgeface_xs VERSION ... --out FILE.json``.
 Embeddings only live in memory.
 """
 
@@ -28,13 +28,13 @@ import numpy as np
 from veilface.bench.embedder import machine_info
 from veilface.config import Settings, load_settings
 from veilface.eval import benchmarks
-from veilface.eval.evaluate import fold_thresholds
 from veilface.eval.extract import FaceExtractor, ImageJob, ImageResult, OcclusionSpec
 from veilface.eval.occlusion import KINDS
+from veilface.eval.pairs import default_threshold, embed_images, evaluate_protocol
 from veilface.eval.protocols import PairList
+from veilface.eval.scoring import fold_thresholds
 from veilface.eval.variants import Variant, all_members
 from veilface.eval.verification import kfold_accuracy
-from veilface.eval.verify import default_threshold, embed_images, evaluate_protocol
 
 #: CFP splits no trained model has seen (identities 251-350).
 EVAL_SPLITS = range(6, 8)
@@ -124,7 +124,7 @@ def _pair_embeddings(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m veilface.train.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m veilface.train.holdout", description=__doc__)
     parser.add_argument("--candidates", nargs="+", required=True, help="VERSION[@flip|@noflip][+...]")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     parser.add_argument("--seed", type=int, default=0, help="occlusion seed (make eval's default: 0)")

@@ -3,8 +3,8 @@
 Data flows one way: gateway -> ``embed`` queue -> embedder -> gateway -> ``match``
 queues -> he-matcher -> gateway. Every payload is plain JSON: ciphertexts travel as
 base64 text, never pickled objects, and no message carries a plaintext template. Every
-task message is signed by the gateway (:mod:`veilface.signing`); the images of the embed
-queue are sealed to the request that carries them (:class:`veilface.payload.ImageBinding`).
+task message is signed by the gateway (:mod:`veilface.messaging.signing`); the images of the embed
+queue are sealed to the request that carries them (:class:`veilface.crypto.sealing.ImageBinding`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from veilface import errors
-from veilface.payload import ImageBinding
+from veilface.crypto.sealing import ImageBinding
 from veilface.search.results import ScoreResult
 
 EMBED_QUEUE = "embed"

@@ -1,0 +1,1 @@
+"""Operator commands that change a deployment: key rotation, backup and restore."""

@@ -1,0 +1,1 @@
+"""The messaging layer: the Celery application, one typed message per task, signed task messages."""

@@ -1,0 +1,1 @@
+"""Face recognition models: the built-in recognisers, the versioned registry, projections."""

@@ -1,0 +1,1 @@
+"""Worker processes: what every worker does at start (:mod:`.runtime`) and the task modules."""
