@@ -215,9 +215,7 @@ def _pair_matches_plaintext(ctx: PublicContext, secret: SecretContext) -> None:
 
 def test_the_idempotent_tasks_retry_transient_errors_and_the_others_declare_none(workers: Workers):
     for task in (embedder.enroll, matcher.search, matcher.compact):
-        assert issubclass(OperationalError, task.autoretry_for) and issubclass(
-            ConnectionError, task.autoretry_for
-        )
+        assert all(issubclass(error, task.autoretry_for) for error in (OperationalError, ConnectionError))
         assert task.max_retries == 3 and task.retry_backoff
     for task in (embedder.probe, matcher.pair):
         assert not getattr(task, "autoretry_for", ())
