@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Task options of an idempotent task that meets the database: a connection lost, a deadlock or a
 #: lock wait timeout (``OperationalError``) or a refused socket sends the task again after 1, 2
-#: then 4 s at most (full jitter), three times; then it fails as it did at once before.
+#: then 4 s at most (full jitter), three times; after that the task fails with the error.
 RETRY_TRANSIENT: dict[str, Any] = {
     "autoretry_for": (OperationalError, ConnectionError),
     "retry_backoff": True,
