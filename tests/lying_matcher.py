@@ -1,9 +1,9 @@
 """A he-matcher that lies, for tests/test_malicious_matcher.py only.
 
-It is the real worker (``services/he-matcher/tasks.py``, public keys, the real database)
+It is the real worker (:mod:`veilface.workers.matcher`, public keys, the real database)
 with its search and pair tasks replaced by versions that answer as an attacker who holds
-the matcher would. Start it from ``services/he-matcher`` with
-``celery -A lying_matcher worker -Q match ...`` and the repository root on ``PYTHONPATH``.
+the matcher would. Start it from the repository root with
+``celery -A tests.lying_matcher worker -Q match ...``.
 
 The lie is read at every task from the file named by ``LYING_MATCHER_MODE_FILE``:
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,18 +29,15 @@ from pathlib import Path
 import redis
 from sqlalchemy import select
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "services" / "he-matcher"))
-
-import tasks as real
-
 from veilface.crypto.codec import Kind
+from veilface.crypto.public import PublicContext
 from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH, ScoreAnswer
 from veilface.search.results import ScoreResult
 from veilface.store.db import session_scope
 from veilface.store.models import Template
+from veilface.workers import matcher as real
 
 app = real.app
-ctx = real.runtime.context
 #: How far each stolen template is rotated: a new component reaches slot 0 at every call.
 _rotation = {"steps": 0}
 
@@ -50,9 +46,14 @@ def _mode() -> str:
     return Path(os.environ["LYING_MATCHER_MODE_FILE"]).read_text().strip()
 
 
+def _context() -> PublicContext:
+    return real.worker().runtime.context
+
+
 def _stolen_template(dim: int, scale: float, level) -> bytes:
     """A victim's stored template ciphertext, rotated, switched down to ``level``, relabelled."""
-    with session_scope(real.runtime.sessions) as session:
+    ctx = _context()
+    with session_scope(real.worker().runtime.sessions) as session:
         blob = session.scalar(select(Template.ciphertext).where(Template.state == "delta").limit(1))
     template = ctx.loads(blob, Kind.TEMPLATE, level=ctx.top_level)
     _rotation["steps"] = (_rotation["steps"] + 1) % dim
@@ -63,6 +64,7 @@ def _stolen_template(dim: int, scale: float, level) -> bytes:
 
 
 def _scaled(blob: bytes, factor: float) -> bytes:
+    ctx = _context()
     ciphertext = ctx.loads(blob, Kind.SCORE, level=ctx.score_level, sizes=(2, 3))
     ciphertext.scale = ciphertext.scale * factor
     return ctx.dumps(ciphertext, Kind.SCORE)
@@ -70,6 +72,7 @@ def _scaled(blob: bytes, factor: float) -> bytes:
 
 def _lie(answer: dict, mode: str) -> dict:
     """The lying version of the honest ``answer`` (a ScoreAnswer message)."""
+    ctx = _context()
     honest = ScoreAnswer.from_message(answer)
     lied = []
     for result in honest.scores:
@@ -112,7 +115,7 @@ def _write_result(task_id: str, result: dict) -> None:
             "task_id": task_id,
         }
     )
-    client = redis.Redis.from_url(real.settings.celery_result_backend)
+    client = redis.Redis.from_url(real.worker().runtime.settings.celery_result_backend)
     client.set(key, meta, ex=600)
     client.publish(key, meta)
 

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import MYSQL_HOST, _stack_env, drop_mysql_database, free_port, fresh_mysql_database
 from tests.test_faults import Logs, PrivateRedis, wait_for
-from veilface.local.stack import SERVICES, Stack
+from veilface.local.stack import REPO, Stack
 from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH
 
 GALLERY = "victims"
@@ -83,7 +83,7 @@ def _start_lying_matcher(stack: Stack, mode_file: Path, log_dir: Path) -> subpro
     env = {
         **stack.env,
         "LYING_MATCHER_MODE_FILE": str(mode_file),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SERVICES.parent), stack.env.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), stack.env.get("PYTHONPATH")])),
     }
     argv = [
         str(Path(sys.executable).with_name("celery")),
@@ -91,9 +91,8 @@ def _start_lying_matcher(stack: Stack, mode_file: Path, log_dir: Path) -> subpro
         *("--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"),
     ]
     with (log_dir / "matcher1.log").open("ab") as log:  # the child keeps its own descriptor
-        cwd = SERVICES / "he-matcher"
         return subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 

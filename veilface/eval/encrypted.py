@@ -1,8 +1,8 @@
 """1:1 scores computed under CKKS encryption, exactly as a deployment computes them.
 
 For each pair the first embedding is encrypted as a probe and the second as a template (slot 0), as
-the embedder does for the two photos of a comparison; the matcher's kernel scores them (the steps of
-``services/he-matcher/tasks.py::pair``) and the secret key decrypts the score the way the gateway does
+the embedder does for the two photos of a comparison; the matcher's kernel scores them
+(:func:`veilface.search.pair.score_pair`) and the secret key decrypts the score the way the gateway does
 (``veilface/api/gateway.py::_pair_similarity``, rounded to 6 decimals). Everything runs in-process with
 a fresh key set generated in a temporary folder that is deleted afterwards.
 """
@@ -18,27 +18,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from veilface.crypto.codec import Kind, peek_dim
 from veilface.crypto.params import DEFAULT_PARAMS, CkksParams
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.search import ranking
-from veilface.search.delta import load_template, merge_groups, score_delta
-from veilface.search.engine import MaskCache, prepare_probe
+from veilface.search.pair import score_pair
 from veilface.search.results import ScoreResult
 
 
-def match_pair(ctx: PublicContext, probe: bytes, template: bytes) -> bytes:
-    """The matcher's 1:1 kernel: a score ciphertext for a probe and a slot-0 template ciphertext."""
-    dim = peek_dim(probe)
-    groups = merge_groups(ctx, dim, [(0, load_template(ctx, template, dim))])
-    scores = score_delta(ctx, groups, prepare_probe(ctx, probe, dim), MaskCache(ctx, dim))
-    return ctx.dumps(scores, Kind.SCORE)
-
-
-def decrypt_similarity(keys: SecretContext, score: bytes, dim: int) -> float:
-    """The gateway's reading of a 1:1 score ciphertext: slot 0's score, rounded to 6 decimals."""
-    result = ScoreResult(0, 0, "delta", dim, (0,), score)
+def decrypt_similarity(keys: SecretContext, result: ScoreResult) -> float:
+    """The gateway's reading of a 1:1 score (:func:`score_pair`): slot 0's, rounded to 6 decimals."""
     ((_, similarity),) = ranking.top_k(
         [(result, keys.decrypt_scores(result.ciphertext, result.source))], {(0, 0): "pair"}, 1, keys.slots
     )
@@ -99,5 +88,5 @@ def _init_worker(key_dir: Path) -> None:
 def _score(pair: tuple[np.ndarray, np.ndarray]) -> float:
     assert _public is not None and _secret is not None
     probe, template = pair
-    score = match_pair(_public, encrypt_probe(_public, probe), encrypt_template(_public, template, 0))
-    return decrypt_similarity(_secret, score, len(probe))
+    result = score_pair(_public, encrypt_probe(_public, probe), encrypt_template(_public, template, 0))
+    return decrypt_similarity(_secret, result)

@@ -25,7 +25,13 @@ import requests
 from veilface import errors
 from veilface.config import Settings, load_settings, path_environ
 
-SERVICES = Path(__file__).resolve().parents[2] / "services"
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = REPO / "services"
+#: The Celery app module and the queue of each kind of worker.
+WORKERS = {
+    "embedder": ("veilface.workers.embedder", "embed"),
+    "matcher": ("veilface.workers.matcher", "match"),
+}
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +106,12 @@ class Stack:
 
     def start_worker(self, kind: str, index: int) -> str:
         """Start one Celery worker of ``kind`` ('embedder' or 'matcher'); returns its name."""
-        folder, queue = {"embedder": ("embedder", "embed"), "matcher": ("he-matcher", "match")}[kind]
+        module, queue = WORKERS[kind]
         name = f"{kind}{index}"
         argv = [
             _bin("celery"),
             "-A",
-            "tasks",
+            module,
             "worker",
             "-Q",
             queue,
@@ -119,7 +125,7 @@ class Stack:
             "--loglevel",
             "INFO",
         ]
-        self._spawn(name, argv, SERVICES / folder, kind)
+        self._spawn(name, argv, REPO, kind)
         return name
 
     def start(self) -> Stack:

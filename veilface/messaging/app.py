@@ -9,7 +9,7 @@ from celery.result import AsyncResult
 from kombu.transport import sqlalchemy as sqla_transport
 from kombu.utils.uuid import uuid
 
-from veilface.config import Settings
+from veilface.config import Settings, load_settings
 from veilface.messaging.messages import EMBED_QUEUE, MATCH_QUEUE
 from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
 
@@ -56,8 +56,9 @@ class EmbeddedTransport(sqla_transport.Transport):
     polling_interval = SQLA_POLL_S
 
 
-def make_celery(settings: Settings) -> Celery:
-    """Celery app for ``settings``: Redis in production, a SQLite-backed transport by default.
+def celery_config(settings: Settings) -> dict:
+    """Celery configuration for ``settings``: Redis in production, a SQLite-backed transport by
+    default.
 
     Tasks are acknowledged late and rejected when their worker dies, so a task lost with
     a killed worker is delivered again; results expire quickly and carry no plaintext.
@@ -103,8 +104,26 @@ def make_celery(settings: Settings) -> Celery:
         conf["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     if settings.celery_result_backend.startswith("db+sqlite"):
         conf["database_engine_options"] = _SQLITE_ENGINE_OPTIONS
-    app = Celery("veilface", broker=broker, backend=settings.celery_result_backend)
-    app.conf.update(conf)
+    conf["broker_url"] = broker
+    conf["result_backend"] = settings.celery_result_backend
+    return conf
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Celery app configured for ``settings`` (:func:`celery_config`) now: the gateway's client."""
+    app = Celery("veilface")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def lazy_celery() -> Celery:
+    """Celery app configured from the environment on its first use, not when it is created.
+
+    A worker module declares its tasks on one at import time without reading a setting or
+    creating a folder; ``celery worker`` (or a task's first call) configures it then.
+    """
+    app = Celery("veilface")
+    app.add_defaults(lambda: celery_config(load_settings()))
     return app
 
 

@@ -1,6 +1,7 @@
 """What every worker process does at start: load the public context and the task key, refuse
 a secret key, announce itself with a heartbeat, and take its own direct queue when it has one;
-and what every worker task does first: verify the gateway's signature (:class:`SignedTask`).
+what every worker task does first: verify the gateway's signature (:class:`SignedTask`); and
+which failures a task may retry (:data:`RETRY_TRANSIENT`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.signals import celeryd_after_setup, worker_shutdown
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors
@@ -28,6 +30,17 @@ from veilface.store.presence import Heartbeat, check_key_set
 from veilface.store.privileges import GRANTS
 
 log = logging.getLogger(__name__)
+
+
+#: Task options of an idempotent task that meets the database: a connection lost, a deadlock or a
+#: lock wait timeout (``OperationalError``) or a refused socket sends the task again after 1, 2
+#: then 4 s at most (full jitter), three times; after that the task fails with the error.
+RETRY_TRANSIENT: dict[str, Any] = {
+    "autoretry_for": (OperationalError, ConnectionError),
+    "retry_backoff": True,
+    "retry_backoff_max": 4,
+    "max_retries": 3,
+}
 
 
 @dataclass
@@ -45,16 +58,20 @@ class SignedTask(Task):
 
     A message that is unsigned, altered, expired or signed for another task name is refused
     before the task does anything: its result is an error payload, and the worker logs one
-    WARNING line (no traceback). Declare a task with ``base=SignedTask, signer=runtime.signer``.
+    WARNING line (no traceback). A worker module declares its tasks with ``base=`` a subclass
+    whose :meth:`runtime` returns the process's runtime (built on first use). A retried task
+    keeps its id, arguments and signature header, so its signature still verifies.
     """
 
-    signer: TaskSigner
+    def runtime(self) -> WorkerRuntime:
+        """The runtime of this worker process, whose signer verifies every message."""
+        raise NotImplementedError
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         signature = getattr(request, SIGNATURE_HEADER, None)
         try:
-            self.signer.verify(self.name, request.id, args, kwargs, signature)
+            self.runtime().signer.verify(self.name, request.id, args, kwargs, signature)
         except errors.MessageRefused as exc:
             log.warning("refused task %s[%s]: %s", self.name, request.id, exc.message)
             return error_payload(exc)
@@ -127,33 +144,54 @@ def direct_queue(nodename: str) -> str:
     return f"match.{nodename}"
 
 
-def announce(
-    runtime: WorkerRuntime,
-    kind: str,
-    *,
-    queue: str | None,
-    model_version: Callable[[], str | None],
-    provider: str | None,
-) -> None:
-    """Start the heartbeat once Celery has named this worker.
+@dataclass(frozen=True)
+class Presence:
+    """How a started worker announces itself in its heartbeat row.
 
     ``queue=None`` gives the worker a direct queue of its own (matchers); otherwise the
-    worker is recorded as consuming the shared ``queue``.
+    worker is recorded as consuming the shared ``queue``. ``model_version`` is asked at
+    every beat.
+    """
+
+    runtime: WorkerRuntime
+    kind: str
+    queue: str | None
+    model_version: Callable[[], str | None]
+    provider: str | None
+
+
+def announce(app: Celery, presence: Callable[[], Presence]) -> None:
+    """Once Celery has named a worker of ``app``, build its state and start its heartbeat.
+
+    ``presence`` builds the worker's state on its first call (keys, database, models): a
+    worker that cannot start exits there, with status 3 and one line for a refusal
+    (:func:`load_runtime`), status 1 and the traceback for anything else.
     """
 
     @celeryd_after_setup.connect(weak=False)
     def _setup(sender, instance, **_kwargs) -> None:
+        if instance.app is not app:
+            return
+        try:
+            online = presence()
+        except errors.VeilfaceError as exc:
+            log.critical("refusing to start: %s", exc.message)
+            sys.exit(3)
+        except Exception:  # Celery would log and ignore it: a worker without its state must stop
+            log.critical("worker failed to start", exc_info=True)
+            sys.exit(1)
+        runtime, queue = online.runtime, online.queue
         consumed = queue or direct_queue(sender)
         if queue is None:
             instance.app.amqp.queues.select_add(consumed)
         row = Worker(
             name=sender,
-            kind=kind,
+            kind=online.kind,
             queue=consumed,
             key_fingerprint=runtime.context.fingerprint,
-            provider=provider,
+            provider=online.provider,
         )
-        heartbeat = Heartbeat(runtime.sessions, row, model_version)
+        heartbeat = Heartbeat(runtime.sessions, row, online.model_version)
         # A key set changed since start is left to the thread's first beat: it shuts the worker down.
         with contextlib.suppress(errors.KeyMismatch):
             heartbeat.beat()
@@ -161,5 +199,6 @@ def announce(
         worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
         log.info(
             "%s %s online (queue %s, model %s, provider %s, key set %s)",
-            *(kind, sender, consumed, model_version(), provider, runtime.context.fingerprint[:12]),
+            *(online.kind, sender, consumed, online.model_version(), online.provider),
+            runtime.context.fingerprint[:12],
         )
