@@ -16,6 +16,7 @@ import click
 from veilface import errors
 from veilface.config import Settings, load_settings
 from veilface.models.registry import ModelRegistry
+from veilface.models.version import Ensemble
 from veilface.store import apikeys
 from veilface.store import galleries as store
 from veilface.store.db import create_schema, make_engine, require_schema, session_factory, session_scope
@@ -317,7 +318,8 @@ def models_list(settings: Settings) -> None:
     active = registry.active().version
     for model in registry.versions():
         mark = "*" if model.version == active else " "
-        source = " + ".join(model.members) if model.members else model.file
+        network = model.network
+        source = " + ".join(network.versions) if isinstance(network, Ensemble) else network.file
         click.echo(f"{mark} {model.version}\tdim={model.dim}\tthreshold={model.threshold}\t{source}")
 
 
