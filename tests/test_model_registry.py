@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from veilface import errors
 from veilface.api import create_app
+from veilface.cli import main
 from veilface.config import Settings, load_settings
 from veilface.models.builtins import BUILTINS, builtin
 from veilface.models.projection import Projection
@@ -217,6 +219,17 @@ def test_a_projected_version_keeps_its_base_network_with_the_projections_size(tm
     assert (projected.version, projected.dim, projected.threshold) == ("edgeface_xs:pca64", 64, 0.25)
     with pytest.raises(errors.NotFound, match="fitted for edgeface_xs"):
         registry.get("mobilefacenet:pca64")
+
+
+def test_models_show_prints_the_description_as_json(tmp_path: Path):
+    environ = {"VEILFACE_VAR_DIR": str(tmp_path), "VEILFACE_SHARED_DIR": str(tmp_path / "shared")}
+    shown = CliRunner().invoke(main, ["models", "show", "edgeface_xs_xxs"], env=environ)
+    assert shown.exit_code == 0, shown.output
+    description = json.loads(shown.output)
+    assert ModelVersion.from_dict(description) == ModelRegistry(settings_for(tmp_path)).get("edgeface_xs_xxs")
+    assert [m["version"] for m in description["network"]["members"]] == ["edgeface_xs", "edgeface_xxs"]
+    unknown = CliRunner().invoke(main, ["models", "show", "facenet"], env=environ)
+    assert unknown.exit_code != 0 and isinstance(unknown.exception, errors.NotFound)
 
 
 def test_readyz_names_the_missing_files_of_the_active_version(tmp_path: Path, key_dir: Path):

@@ -323,6 +323,14 @@ def models_list(settings: Settings) -> None:
         click.echo(f"{mark} {model.version}\tdim={model.dim}\tthreshold={model.threshold}\t{source}")
 
 
+@models.command("show")
+@click.argument("version")
+@click.pass_obj
+def models_show(settings: Settings, version: str) -> None:
+    """The whole description of VERSION as JSON: threshold, networks, files and preprocessing."""
+    click.echo(json.dumps(ModelRegistry(settings).get(version).as_dict(), indent=2))
+
+
 @models.command("activate")
 @click.argument("version")
 @click.pass_obj
