@@ -89,9 +89,10 @@ def test_onnx_export_matches_pytorch(smoke: dict) -> None:
 def test_registered_model_serves_a_real_face(smoke: dict, settings: Settings) -> None:
     registry = ModelRegistry(settings)
     model = registry.get(smoke["version"])
-    assert model.path.parent == settings.models_path and model.path.exists()
-    assert model.network.preprocessing == Preprocessing(mean=MEAN, std=STD, colour_order="RGB")
-    assert (model.network.input_name, model.network.output_name, model.dim) == ("input", "embedding", 512)
+    network = model.network
+    assert network.path.parent == settings.models_path and not model.missing_files()
+    assert network.preprocessing == Preprocessing(mean=MEAN, std=STD, colour_order="RGB")
+    assert (network.input_name, network.output_name, model.dim) == ("input", "embedding", 512)
     assert model.threshold == pytest.approx(smoke["dev"]["threshold"], abs=1e-6)
     assert model.metrics["dev"] == smoke["dev"]
     assert len(model.data_digest) == 64

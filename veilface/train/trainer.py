@@ -388,7 +388,7 @@ def run(
             activate=config.export.activate,
         )
         result["version"] = model_version.version
-        result["model_file"] = model_version.file
+        result["model_file"] = model_version.network.file
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
