@@ -206,7 +206,7 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
 def backup(settings: Settings, out: Path, keys_out: Path | None) -> None:
     """Write a consistent snapshot of the database to the empty folder OUT (ciphertexts only)."""
     from veilface.admin import backup as backups
-    from veilface.store.presence import deployment_key_set
+    from veilface.store.keysets import deployment_key_set
 
     engine = make_engine(settings)
     with session_scope(session_factory(engine)) as session:
