@@ -116,3 +116,13 @@ CREATE TABLE IF NOT EXISTS workers (
     last_seen DATETIME NOT NULL,
     PRIMARY KEY (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The deployment's key set: the fingerprint of the gateway's CKKS context, which every worker's
+-- public context must share. One row, named 'deployment'; the gateway records it at start and key
+-- rotation replaces it.
+CREATE TABLE IF NOT EXISTS key_sets (
+    name VARCHAR(32) NOT NULL,
+    fingerprint VARCHAR(64) NOT NULL,
+    announced_at DATETIME NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

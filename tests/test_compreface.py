@@ -33,7 +33,7 @@ from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
 from veilface.api.ratelimit import Limits
 from veilface.config import load_settings
 from veilface.messaging.messages import FaceBox
-from veilface.models.registry import BUILTIN_THRESHOLDS
+from veilface.models.builtins import builtin
 from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
@@ -588,7 +588,7 @@ def test_sdk_verifies_and_detects(sdk_run):
     assert same["similarity"] > other["similarity"]
     pair_same = max(m["similarity"] for m in sdk_run["pair_same"]["result"][0]["face_matches"])
     pair_other = max(m["similarity"] for m in sdk_run["pair_other"]["result"][0]["face_matches"])
-    threshold = compreface.compreface_similarity(BUILTIN_THRESHOLDS[load_settings().recognizer])
+    threshold = compreface.compreface_similarity(builtin(load_settings().recognizer).threshold)
     assert pair_same > pair_other and pair_other < threshold
     assert sdk_run["detect"]["result"] and "plugins_versions" in sdk_run["detect"]
     assert sdk_run["no_face"] == {"message": "No face is found in the given image", "code": 28}

@@ -15,9 +15,9 @@ from veilface.face import (
     Recognizer,
     align_face,
     assess,
-    get_spec,
 )
 from veilface.face.align import ARCFACE_TEMPLATE, similarity_transform
+from veilface.models.builtins import builtin
 from veilface.models.registry import ModelRegistry
 
 SETTINGS = load_settings()
@@ -155,11 +155,10 @@ def test_embedding_does_not_depend_on_the_batch(abel, pipeline):
 @pytest.mark.parametrize("name", ["edgeface_xxs", "mobilefacenet"])
 @pytest.mark.parametrize("flip", [True, False])
 def test_every_builtin_recognizer_embeds_a_batch(name, flip, abel):
-    spec = get_spec(name)
-    recognizer = Recognizer(spec, SETTINGS.shared_models_dir / spec.file, flip_fusion=flip)
+    recognizer = Recognizer.from_version(ModelRegistry(SETTINGS).get(name), flip_fusion=flip)
     crop = align_face(read(lfw_path("Abel_Pacheco", 1)), abel.landmarks)
     embeddings = recognizer.embed([crop, crop[:, ::-1].copy(), crop])
-    assert embeddings.shape == (3, spec.dim) and embeddings.dtype == np.float32
+    assert embeddings.shape == (3, builtin(name).dim) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(embeddings[0], embeddings[2], atol=1e-5)
     if flip:  # the fused embedding of a face and of its mirror image is the same
@@ -181,7 +180,7 @@ def test_the_ensemble_version_joins_its_members_on_the_same_crop(abel):
 
 def test_unknown_recognizer_is_named():
     with pytest.raises(KeyError, match="edgeface_xs"):
-        get_spec("facenet")
+        builtin("facenet")
 
 
 def test_quality_gate_passes_real_faces_including_profiles(pipeline):

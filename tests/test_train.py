@@ -21,10 +21,11 @@ import torch
 
 from veilface.config import Settings, load_settings
 from veilface.eval.occlusion import KINDS as EVAL_KINDS
-from veilface.face import FacePipeline, get_spec
+from veilface.face import FacePipeline
 from veilface.face.align import ARCFACE_TEMPLATE
 from veilface.models.registry import ModelRegistry
-from veilface.train.backbones import create_backbone, list_backbones
+from veilface.models.version import Preprocessing
+from veilface.train.backbones import MEAN, STD, create_backbone, list_backbones
 from veilface.train.build_lmdb import main as build_lmdb_main
 from veilface.train.config import load_config
 from veilface.train.dataset import FaceDataset, to_tensor
@@ -88,8 +89,10 @@ def test_onnx_export_matches_pytorch(smoke: dict) -> None:
 def test_registered_model_serves_a_real_face(smoke: dict, settings: Settings) -> None:
     registry = ModelRegistry(settings)
     model = registry.get(smoke["version"])
-    assert model.path.parent == settings.models_path and model.path.exists()
-    assert model.spec == "edgeface_xs" and model.dim == get_spec(model.spec).dim
+    network = model.network
+    assert network.path.parent == settings.models_path and not model.missing_files()
+    assert network.preprocessing == Preprocessing(mean=MEAN, std=STD, colour_order="RGB")
+    assert (network.input_name, network.output_name, model.dim) == ("input", "embedding", 512)
     assert model.threshold == pytest.approx(smoke["dev"]["threshold"], abs=1e-6)
     assert model.metrics["dev"] == smoke["dev"]
     assert len(model.data_digest) == 64

@@ -16,6 +16,7 @@ import click
 from veilface import errors
 from veilface.config import Settings, load_settings
 from veilface.models.registry import ModelRegistry
+from veilface.models.version import Ensemble
 from veilface.store import apikeys
 from veilface.store import galleries as store
 from veilface.store.db import create_schema, make_engine, require_schema, session_factory, session_scope
@@ -205,7 +206,7 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
 def backup(settings: Settings, out: Path, keys_out: Path | None) -> None:
     """Write a consistent snapshot of the database to the empty folder OUT (ciphertexts only)."""
     from veilface.admin import backup as backups
-    from veilface.store.presence import deployment_key_set
+    from veilface.store.keysets import deployment_key_set
 
     engine = make_engine(settings)
     with session_scope(session_factory(engine)) as session:
@@ -317,8 +318,17 @@ def models_list(settings: Settings) -> None:
     active = registry.active().version
     for model in registry.versions():
         mark = "*" if model.version == active else " "
-        source = " + ".join(model.members) if model.members else model.file
+        network = model.network
+        source = " + ".join(network.versions) if isinstance(network, Ensemble) else network.file
         click.echo(f"{mark} {model.version}\tdim={model.dim}\tthreshold={model.threshold}\t{source}")
+
+
+@models.command("show")
+@click.argument("version")
+@click.pass_obj
+def models_show(settings: Settings, version: str) -> None:
+    """The whole description of VERSION as JSON: threshold, networks, files and preprocessing."""
+    click.echo(json.dumps(ModelRegistry(settings).get(version).as_dict(), indent=2))
 
 
 @models.command("activate")

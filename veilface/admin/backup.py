@@ -4,7 +4,8 @@ A database backup is a folder: ``manifest.json`` plus one JSON-lines file per ta
 base64, times as ISO 8601), read in one transaction so that it is a consistent snapshot
 (InnoDB's repeatable read; SQLite's read transaction). It holds what the database holds:
 ciphertexts, names, hashes, never a template or an image. It is portable between MariaDB and
-SQLite. The ``workers`` table (heartbeats) is runtime state and is not saved.
+SQLite. The ``workers`` table (heartbeats) and ``key_sets`` (the fingerprint the gateway announces
+from its key files) are runtime state and are not saved.
 
 The key files (``secret.ctx``, ``public.ctx``, ``queue.key``, ``task.key``) are written to a *separate*
 folder: the database plus the secret key decrypts every template, so the two must never be
@@ -36,7 +37,7 @@ FORMAT = "veilface-backup/1"
 KEYS_FORMAT = "veilface-keys/1"
 MANIFEST = "manifest.json"
 #: Runtime state that a restore must not bring back.
-SKIPPED_TABLES = ("workers",)
+SKIPPED_TABLES = ("workers", "key_sets")
 #: Rows per INSERT batch (a block diagonal is ~235 KB: keep a batch well under max_allowed_packet).
 BATCH_BYTES = 8 * 1024 * 1024
 

@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from veilface.config import Settings
 from veilface.crypto.keyfiles import KEY_FILES
 from veilface.store.db import session_scope
+from veilface.store.keysets import set_key_set
 from veilface.store.models import AuditEntry, Block, BlockCiphertext, Template
-from veilface.store.presence import set_key_set
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,10 @@ def _check_workers(gateway, kind: str) -> dict:
 
 
 def _check_model(gateway) -> dict:
+    """The active version can be loaded: every file of its networks exists (named when one is missing)."""
     model = gateway.registry.active()
-    return {"ok": model.path.exists(), "active": model.version, "threshold": model.threshold}
+    missing = [path.name for path in model.missing_files()]
+    return {"ok": not missing, "active": model.version, "threshold": model.threshold, "missing": missing}
 
 
 def _check_embedder_model(gateway) -> dict:

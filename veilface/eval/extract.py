@@ -41,6 +41,7 @@ from veilface.face.image import decode_image
 from veilface.face.pipeline import FacePipeline
 from veilface.models.projection import split_version
 from veilface.models.registry import ModelRegistry
+from veilface.models.version import Ensemble
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,7 +217,8 @@ def _networks(registry: ModelRegistry, member: Member) -> tuple[Member, ...]:
     needs a run of each of its members.
     """
     model = registry.get(split_version(member.version)[0])
-    return tuple(Member(version, member.flip) for version in model.members or (model.version,))
+    versions = model.network.versions if isinstance(model.network, Ensemble) else (model.version,)
+    return tuple(Member(version, member.flip) for version in versions)
 
 
 _worker: _Worker | None = None

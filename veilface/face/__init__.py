@@ -9,7 +9,6 @@ from veilface.face.embed import Recognizer
 from veilface.face.image import decode_image
 from veilface.face.pipeline import Face, FacePipeline
 from veilface.face.quality import assess
-from veilface.models.builtins import RecognizerSpec, get_spec, list_specs
 
 __all__ = [
     "Detection",
@@ -17,10 +16,7 @@ __all__ = [
     "FaceDetector",
     "FacePipeline",
     "Recognizer",
-    "RecognizerSpec",
     "align_face",
     "assess",
     "decode_image",
-    "get_spec",
-    "list_specs",
 ]

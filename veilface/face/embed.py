@@ -7,23 +7,22 @@ An ensemble runs several recognisers on the same crops and joins their embedding
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from veilface.face.runtime import create_session
-from veilface.models.builtins import RecognizerSpec, get_spec
+from veilface.models.version import ALIGNED_SIZE, OnnxNetwork
 
 if TYPE_CHECKING:
-    from veilface.models.registry import ModelVersion
+    from veilface.models.version import ModelVersion
 
 #: Largest batch sent to the network at once (twice as many crops with flip fusion); bounds memory.
 _MAX_BATCH = 32
 
 
 class Recognizer:
-    """Embeds aligned faces with the recogniser described by ``spec``.
+    """Embeds aligned faces with one ONNX ``network``, the model version ``name``.
 
     With ``flip_fusion`` the embedding is the sum of those of the face and of its mirror image, which
     is slightly more robust to pose. ``provider`` is the ONNX Runtime execution provider in use.
@@ -31,16 +30,20 @@ class Recognizer:
 
     def __init__(
         self,
-        spec: RecognizerSpec,
-        model_path: str | Path,
+        name: str,
+        network: OnnxNetwork,
         *,
         threads: int = 1,
         flip_fusion: bool = True,
         providers: Sequence[str] | None = None,
     ):
-        self.spec = spec
+        size = network.preprocessing.input_size
+        if size != ALIGNED_SIZE:
+            raise ValueError(f"{name} takes {size} crops; faces are aligned to {ALIGNED_SIZE}")
+        self.name = name
+        self.network = network
         self.flip_fusion = flip_fusion
-        self._session = create_session(model_path, threads=threads, providers=providers)
+        self._session = create_session(network.path, threads=threads, providers=providers)
         self.provider: str = self._session.get_providers()[0]
 
     @classmethod
@@ -52,24 +55,21 @@ class Recognizer:
         flip_fusion: bool = True,
         providers: Sequence[str] | None = None,
     ) -> Recognizer:
-        """The recogniser of a registered model version (one network): its ONNX file and input spec."""
+        """The recogniser of a model version of one ONNX network; ``TypeError`` for another kind."""
+        if not isinstance(version.network, OnnxNetwork):
+            raise TypeError(f"{version.version} is not one ONNX network but a {version.network.kind}")
         return cls(
-            get_spec(version.spec),
-            version.path,
+            version.version,
+            version.network,
             threads=threads,
             flip_fusion=flip_fusion,
             providers=providers,
         )
 
     @property
-    def name(self) -> str:
-        """The recogniser's name, e.g. ``edgeface_xs``."""
-        return self.spec.name
-
-    @property
     def dim(self) -> int:
         """Length of one embedding."""
-        return self.spec.dim
+        return self.network.dim
 
     def embed(self, aligned: list[np.ndarray]) -> np.ndarray:
         """Embed BGR uint8 112x112 crops from :func:`~veilface.face.align.align_face`.
@@ -88,16 +88,18 @@ class Recognizer:
 
     def _preprocess(self, crops: np.ndarray) -> np.ndarray:
         """uint8 NHWC BGR crops to the network's normalised float32 NCHW input."""
-        if self.spec.rgb:
+        preprocessing = self.network.preprocessing
+        if preprocessing.colour_order == "RGB":
             crops = crops[..., ::-1]
-        blob = (crops.astype(np.float32) - self.spec.mean) / self.spec.std
+        blob = (crops.astype(np.float32) - preprocessing.mean) / preprocessing.std
         return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Raw network output for an NCHW batch, split into chunks the graph accepts."""
-        step = 1 if self.spec.batch_fixed else _MAX_BATCH
+        network = self.network
+        step = 1 if network.batch_fixed else _MAX_BATCH
         outputs = [
-            self._session.run([self.spec.output_name], {self.spec.input_name: batch[i : i + step]})[0]
+            self._session.run([network.output_name], {network.input_name: batch[i : i + step]})[0]
             for i in range(0, len(batch), step)
         ]
         return np.concatenate(outputs).astype(np.float32)

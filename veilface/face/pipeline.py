@@ -15,7 +15,8 @@ from veilface.face.detect import FaceDetector
 from veilface.face.embed import EnsembleRecognizer, Recognizer
 from veilface.face.image import decode_image
 from veilface.face.quality import assess
-from veilface.models.registry import ModelRegistry, ModelVersion
+from veilface.models.registry import ModelRegistry
+from veilface.models.version import Ensemble, ModelVersion, Projected
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,10 +62,11 @@ class FacePipeline:
     def from_model(
         cls, settings: Settings, model: ModelVersion, *, providers: Sequence[str] | None = None
     ) -> FacePipeline:
-        """Build the pipeline for a registered model version (its ONNX file and input spec).
+        """Build the pipeline for a model version (its networks' files and preprocessing).
 
-        An ensemble version gets one recogniser per member version, joined by
-        :class:`~veilface.face.embed.EnsembleRecognizer`.
+        An ensemble version gets one recogniser per member, joined by
+        :class:`~veilface.face.embed.EnsembleRecognizer`; a projected version gets the recognisers of
+        its base (the embedder applies the projection).
         """
         detector = FaceDetector(
             settings.shared_models_dir / f"{settings.detector}.onnx",
@@ -72,17 +74,17 @@ class FacePipeline:
             providers=providers,
         )
         load = partial(
-            Recognizer.from_version,
+            Recognizer,
             threads=settings.onnx_threads,
             flip_fusion=settings.flip_fusion,
             providers=providers,
         )
-        if model.members:
-            registry = ModelRegistry(settings)
-            members = [load(registry.get(member)) for member in model.members]
+        network = model.network.base if isinstance(model.network, Projected) else model.network
+        if isinstance(network, Ensemble):
+            members = [load(member.version, member.network) for member in network.members]
             embedder: Recognizer | EnsembleRecognizer = EnsembleRecognizer(model.version, members)
         else:
-            embedder = load(model)
+            embedder = load(model.version, network)
         return cls(detector, embedder, max_image_pixels=settings.max_image_pixels)
 
     @property

@@ -1,1 +1,1 @@
-"""Face recognition models: the built-in recognisers, the versioned registry, projections."""
+"""Face recognition models: what a version is, the built-in ones, the versioned registry, projections."""

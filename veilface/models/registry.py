@@ -1,10 +1,9 @@
 """The versioned model registry the embedder loads from and the gateway reads thresholds from.
 
-A model version names an ONNX recogniser, its input spec, its embedding dimension and
-the decision threshold calibrated for it; an ensemble version names the versions whose
-embeddings it joins instead. The built-in versions are the pretrained
-recognisers under ``{shared_dir}/models``; trained models are registered into
-``{model_dir}/registry.json`` by the trainer, which also says which version is active.
+The built-in versions (:mod:`veilface.models.builtins`) run the pretrained recognisers under
+``{shared_dir}/models``; trained versions are registered into ``{model_dir}/registry.json`` by the
+trainer, which also says which version is active. ``<version>:<projection>`` names the compact
+templates of a version through a fitted projection (:mod:`veilface.models.projection`).
 """
 
 from __future__ import annotations
@@ -12,52 +11,50 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from veilface import errors
 from veilface.config import Settings
+from veilface.models.builtins import BUILTINS, builtin
 from veilface.models.projection import Projection, split_version
+from veilface.models.version import Ensemble, EnsembleMember, ModelVersion, Network, Projected
 
-#: Cosine-similarity thresholds at FMR 1e-4 with flip fusion (the default), calibrated by ``make eval``
-#: on development impostor pairs (CFP identities 001-250, never the evaluation pairs) and rounded up:
-#: see docs/accuracy.md.
-BUILTIN_THRESHOLDS = {
-    "edgeface_xs": 0.3356,
-    "edgeface_xxs": 0.3590,
-    "mobilefacenet": 0.6663,
-    "edgeface_xs_xxs": 0.3316,
-}
-#: Built-in ensembles: both networks embed the same aligned face and the template joins their
-#: embeddings (:func:`veilface.face.embed.join_embeddings`).
-BUILTIN_ENSEMBLES = {"edgeface_xs_xxs": ("edgeface_xs", "edgeface_xxs")}
-#: ``ModelVersion.spec`` of an ensemble, which has no network and no file of its own.
-ENSEMBLE_SPEC = "ensemble"
+#: Format of ``registry.json``: 2 stores each version's whole description (:meth:`ModelVersion.as_dict`).
+#: A file without a format is of the first, which named a built-in spec instead; it is read as the
+#: second (:func:`upgrade_format_1`) and written as the second at the next change.
+FORMAT = 2
 
 
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered recogniser: what the embedder loads and what the gateway decides with.
+def upgrade_format_1(data: dict[str, Any], shared_models_dir: Path) -> dict[str, Any]:
+    """``registry.json`` of the first format, in the current one.
 
-    An ensemble has ``spec`` :data:`ENSEMBLE_SPEC`, no ``file``, and ``members``: the versions
-    whose embeddings it joins, in order.
+    A version of the first format ran its ``file`` with the input spec of the built-in recogniser
+    ``spec``, or was an ensemble (``spec`` ``"ensemble"``) of the registered or built-in versions
+    ``members``.
     """
+    old = data["versions"]
 
-    version: str
-    spec: str
-    file: str
-    dim: int
-    threshold: float
-    metrics: dict = field(default_factory=dict)
-    data_digest: str | None = None
-    members: tuple[str, ...] = ()
+    def network(name: str) -> Network:
+        entry = old.get(name)
+        if entry is None:
+            return builtin(name).located(shared_models_dir).network
+        if entry["spec"] == "ensemble":
+            return Ensemble(tuple(EnsembleMember(member, network(member)) for member in entry["members"]))
+        return replace(builtin(entry["spec"]).network, file=entry["file"], dim=entry["dim"])
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "members", tuple(self.members))  # a JSON list once read back
-
-    @property
-    def path(self) -> Path:
-        return Path(self.file)
+    versions = {
+        name: ModelVersion(
+            version=name,
+            threshold=entry["threshold"],
+            network=network(name),
+            metrics=entry.get("metrics") or {},
+            data_digest=entry.get("data_digest"),
+        ).as_dict()
+        for name, entry in old.items()
+    }
+    return {"format": FORMAT, "active": data.get("active"), "versions": versions}
 
 
 class ModelRegistry:
@@ -67,42 +64,30 @@ class ModelRegistry:
         self._settings = settings
         self._file = settings.models_path / "registry.json"
 
-    def _read(self) -> dict:
+    def _read(self) -> dict[str, Any]:
+        """The contents of ``registry.json`` in the current format."""
         try:
-            return json.loads(self._file.read_text())
+            data = json.loads(self._file.read_text())
         except FileNotFoundError:
-            return {"active": None, "versions": {}}
+            return {"format": FORMAT, "active": None, "versions": {}}
+        if "format" not in data:
+            return upgrade_format_1(data, self._settings.shared_models_dir)
+        if data["format"] != FORMAT:
+            raise ValueError(f"{self._file} is of format {data['format']}; this Veilface reads {FORMAT}")
+        return data
 
-    def _write(self, data: dict) -> None:
+    def _write(self, data: dict[str, Any]) -> None:
         self._file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._file.parent, suffix=".json")
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
         os.replace(tmp, self._file)
 
-    def _builtin(self, name: str) -> ModelVersion | None:
-        from veilface.models.builtins import get_spec
+    def _registered(self, entry: dict[str, Any]) -> ModelVersion:
+        return ModelVersion.from_dict(entry).located(self._settings.models_path)
 
-        if name not in BUILTIN_THRESHOLDS:
-            return None
-        if name in BUILTIN_ENSEMBLES:
-            members = BUILTIN_ENSEMBLES[name]
-            return ModelVersion(
-                version=name,
-                spec=ENSEMBLE_SPEC,
-                file="",
-                dim=sum(get_spec(member).dim for member in members),
-                threshold=BUILTIN_THRESHOLDS[name],
-                members=members,
-            )
-        spec = get_spec(name)
-        return ModelVersion(
-            version=name,
-            spec=name,
-            file=str(self._settings.shared_models_dir / spec.file),
-            dim=spec.dim,
-            threshold=BUILTIN_THRESHOLDS[name],
-        )
+    def _builtin(self, name: str) -> ModelVersion:
+        return BUILTINS[name].located(self._settings.shared_models_dir)
 
     def stamp(self) -> int:
         """Changes whenever ``registry.json`` is rewritten (0 while there is none)."""
@@ -123,7 +108,8 @@ class ModelRegistry:
         """The model version called ``version``; raises NotFound for an unknown one.
 
         ``<model>:<projection>`` names the compact templates of ``<model>`` through a
-        fitted projection: same network, the projection's dimension and threshold.
+        fitted projection: the same network :class:`~veilface.models.version.Projected`, with the
+        projection's dimension and threshold.
         """
         base_name, projection_name = split_version(version)
         if projection_name is not None:
@@ -131,28 +117,29 @@ class ModelRegistry:
             if projection.base_version != base.version:
                 fitted = projection.base_version
                 raise errors.NotFound(f"projection {projection_name!r} was fitted for {fitted}")
-            return replace(base, version=version, dim=projection.dim, threshold=projection.threshold)
+            network = Projected(base.network, projection.name, projection.dim)  # type: ignore[arg-type]
+            return replace(base, version=version, threshold=projection.threshold, network=network)
         entry = self._read()["versions"].get(version)
         if entry is not None:
-            return ModelVersion(**entry)
-        builtin = self._builtin(version)
-        if builtin is None:
+            return self._registered(entry)
+        if version not in BUILTINS:
             raise errors.NotFound(f"model version {version!r} is not registered")
-        return builtin
+        return self._builtin(version)
 
     def active(self) -> ModelVersion:
         """The version new templates and probes are made with."""
         return self.get(self._read()["active"] or self._settings.recognizer)
 
     def versions(self) -> list[ModelVersion]:
-        registered = [ModelVersion(**e) for e in self._read()["versions"].values()]
-        builtin = [self._builtin(name) for name in BUILTIN_THRESHOLDS]
-        return registered + [b for b in builtin if b.version not in {r.version for r in registered}]
+        """Every version: the registered ones, then the built-ins no registered version replaces."""
+        registered = [self._registered(entry) for entry in self._read()["versions"].values()]
+        names = {model.version for model in registered}
+        return registered + [self._builtin(name) for name in BUILTINS if name not in names]
 
     def register(self, model: ModelVersion, *, activate: bool = False) -> None:
         """Add ``model`` (replacing a version of the same name) and optionally activate it."""
         data = self._read()
-        data["versions"][model.version] = asdict(model)
+        data["versions"][model.version] = model.as_dict()
         if activate:
             data["active"] = model.version
         self._write(data)

@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from veilface import errors
 from veilface.config import Settings
-from veilface.store.models import Base
+from veilface.store.models import DEPLOYMENT_KEY_SET, Base, KeySet, Worker
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent.parent / "sql" / "schema.sql"
 
@@ -30,6 +30,8 @@ BLOCK_LAYOUT_COLUMNS = {
     "layout_version": "layout_version INTEGER NOT NULL DEFAULT 1",
     "baby_steps": "baby_steps INTEGER NULL",
 }
+#: Before ``key_sets`` existed, the deployment's key set was the ``workers`` row of this name and kind.
+LEGACY_KEY_SET_ROW = "gateway"
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -78,6 +80,7 @@ def create_schema(engine: Engine) -> None:
                     conn.execute(CreateIndex(index, if_not_exists=True))
     with engine.begin() as conn:
         add_block_layout_columns(conn)
+        move_legacy_key_set(conn)
 
 
 def add_block_layout_columns(conn: Connection) -> None:
@@ -88,6 +91,28 @@ def add_block_layout_columns(conn: Connection) -> None:
     for name, definition in BLOCK_LAYOUT_COLUMNS.items():
         if name not in present:
             conn.exec_driver_sql(f"ALTER TABLE blocks ADD COLUMN {guard}{definition}")
+
+
+def move_legacy_key_set(conn: Connection) -> None:
+    """Move the key set of a database made before ``key_sets`` out of its ``workers`` row.
+
+    Its fingerprint becomes the ``key_sets`` row unless one is recorded already (a gateway of this
+    version announced it, and that one is current); the legacy row goes. Idempotent; a migration
+    running beside it waits on the legacy row's lock and then finds nothing to move.
+    """
+    legacy = (Worker.name == LEGACY_KEY_SET_ROW) & (Worker.kind == LEGACY_KEY_SET_ROW)
+    row = conn.execute(
+        select(Worker.key_fingerprint, Worker.last_seen).where(legacy).with_for_update()
+    ).first()
+    if row is None:
+        return
+    if conn.scalar(select(KeySet.name).where(KeySet.name == DEPLOYMENT_KEY_SET)) is None:
+        conn.execute(
+            insert(KeySet).values(
+                name=DEPLOYMENT_KEY_SET, fingerprint=row.key_fingerprint, announced_at=row.last_seen
+            )
+        )
+    conn.execute(delete(Worker).where(legacy))
 
 
 def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables) -> None:

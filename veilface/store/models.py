@@ -37,6 +37,8 @@ TEMPLATE_STATES = ("delta", "packed")
 #: ``admin`` changes anything; ``read`` searches and sees the decision and little else;
 #: ``eval`` searches and sees full-precision scores (veilface/api/disclosure.py).
 API_KEY_SCOPES = ("admin", "read", "eval")
+#: Name of the one ``key_sets`` row: the key set of this deployment.
+DEPLOYMENT_KEY_SET = "deployment"
 
 
 class Base(DeclarativeBase):
@@ -170,3 +172,14 @@ class Worker(Base):
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class KeySet(Base):
+    """The deployment's key set: the fingerprint of the gateway's CKKS context, which every worker's
+    public context must share (:mod:`veilface.store.keysets`). One row, named :data:`DEPLOYMENT_KEY_SET`."""
+
+    __tablename__ = "key_sets"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    announced_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

@@ -1,10 +1,8 @@
 """Worker presence: each worker process writes a heartbeat row; the gateway reads them.
 
 ``/readyz`` needs at least one live worker of each kind, and the shard router spreads
-packed blocks over the live matchers whose key fingerprint is the gateway's. The gateway
-also writes one row of kind ``gateway`` with its key fingerprint (:func:`announce_key_set`):
-a worker whose public context belongs to another key set refuses to start, and stops if
-the deployment's key set changes under it (see ``docs/reliability.md``).
+packed blocks over the live matchers whose key fingerprint is the gateway's. Each heartbeat
+also compares the worker's key set with the deployment's (:mod:`veilface.store.keysets`).
 """
 
 from __future__ import annotations
@@ -21,46 +19,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.errors import KeyMismatch
-from veilface.store.db import session_scope, upsert_once
+from veilface.store.db import session_scope
+
+# The gateway (veilface/api/__init__.py) still imports announce_key_set from here; it moves to
+# veilface.store.keysets with the API's own rework, and this re-export goes then.
+from veilface.store.keysets import announce_key_set as announce_key_set
+from veilface.store.keysets import check_key_set
 from veilface.store.models import Worker, utcnow
 
 log = logging.getLogger(__name__)
 
 EMBEDDER = "embedder"
 MATCHER = "matcher"
-GATEWAY = "gateway"
-#: Name of the row holding the key fingerprint of the deployment (the gateway's key set).
-KEY_SET_ROW = "gateway"
-
-
-def set_key_set(session: Session, fingerprint: str) -> None:
-    """Record ``fingerprint`` as the deployment's key set, in the caller's transaction."""
-    row = session.get(Worker, KEY_SET_ROW)
-    if row is None:
-        session.add(Worker(name=KEY_SET_ROW, kind=GATEWAY, queue="-", key_fingerprint=fingerprint))
-    else:
-        row.key_fingerprint, row.last_seen = fingerprint, utcnow()
-
-
-def announce_key_set(sessions: sessionmaker[Session], fingerprint: str) -> None:
-    """Record ``fingerprint`` as the deployment's key set (the gateway, at start)."""
-    upsert_once(sessions, lambda session: set_key_set(session, fingerprint))
-
-
-def deployment_key_set(session: Session) -> str | None:
-    """The key fingerprint the gateway announced, ``None`` before any gateway started."""
-    row = session.get(Worker, KEY_SET_ROW)
-    return None if row is None else row.key_fingerprint
-
-
-def check_key_set(session: Session, fingerprint: str) -> None:
-    """Raise :class:`KeyMismatch` if the deployment announced a key set other than ``fingerprint``."""
-    expected = deployment_key_set(session)
-    if expected is not None and expected != fingerprint:
-        raise KeyMismatch(
-            f"public context {fingerprint[:12]} is not this deployment's key set {expected[:12]} "
-            "(announced by the gateway); install the deployment's public.ctx"
-        )
 
 
 def worker_name(kind: str) -> str:

@@ -1,9 +1,10 @@
 """Least privilege in the store: the database account of each service and its rights (MySQL/MariaDB).
 
 Only the migration (``veilface db migrate``, run with an administrator's URL) changes the schema.
-The gateway may read and write every table but may not rewrite the audit log; an embedder adds
-subjects and delta templates; an he-matcher folds delta templates into packed blocks. Neither
-worker can read or write ``api_keys`` or ``audit_log``, and no service has a DDL right. Column lists
+The gateway may read and write every table but may not rewrite the audit log or delete the
+deployment's key set; an embedder adds subjects and delta templates; an he-matcher folds delta
+templates into packed blocks. Neither worker can read or write ``api_keys`` or ``audit_log``, nor
+change ``key_sets`` (they read it), and no service has a DDL right. Column lists
 narrow updates further: a matcher may change a template's state and ciphertext, never its subject.
 SQLite has no accounts: there every process holds every right (the embedded defaults).
 
@@ -21,22 +22,31 @@ from veilface.store.models import Base
 DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 #: A worker's heartbeat row (``veilface.store.presence.Heartbeat``): added at start, touched, removed at stop.
 HEARTBEAT = ("SELECT", "INSERT", "UPDATE (model_version, last_seen)", "DELETE")
+#: Every worker compares its key set with the deployment's (``veilface.store.keysets``); only the gateway
+#: records it.
+KEY_SET_READER = ("SELECT",)
 
 #: ``service -> table -> rights``; a table a service does not list is closed to it.
 GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "gateway": {**dict.fromkeys(Base.metadata.tables, DML), "audit_log": ("SELECT", "INSERT")},
+    "gateway": {
+        **dict.fromkeys(Base.metadata.tables, DML),
+        "audit_log": ("SELECT", "INSERT"),
+        "key_sets": ("SELECT", "INSERT", "UPDATE (fingerprint, announced_at)"),
+    },
     "embedder": {
         "galleries": ("SELECT",),
         "subjects": ("SELECT", "INSERT"),
         "slot_counters": ("SELECT", "INSERT", "UPDATE (next_slot)"),
         "templates": ("SELECT", "INSERT"),
         "workers": HEARTBEAT,
+        "key_sets": KEY_SET_READER,
     },
     "matcher": {
         "templates": ("SELECT", "UPDATE (state, ciphertext)"),
         "blocks": ("SELECT", "INSERT", "UPDATE (version, filled, updated_at)"),
         "block_ciphertexts": ("SELECT", "INSERT", "DELETE"),
         "workers": HEARTBEAT,
+        "key_sets": KEY_SET_READER,
     },
 }
 

@@ -1,15 +1,16 @@
 """Export to ONNX, check it against PyTorch, embed with it as production does, and register it.
 
 The exported graph takes ``input`` ``[b, 3, 112, 112]`` (RGB, ``(x - 127.5) / 127.5``) and returns
-``embedding`` ``[b, d]`` (unit vectors); any pose mapping is inside the graph. It runs in production
-through :class:`~veilface.face.embed.Recognizer` with the built-in recogniser spec of the same
-preprocessing, input/output names and dimension.
+``embedding`` ``[b, d]`` (unit vectors); any pose mapping is inside the graph. :func:`exported_network`
+describes it (file, preprocessing, names, dimension); the registry stores that description, and
+production runs it through :class:`~veilface.face.embed.Recognizer`.
 """
 
 from __future__ import annotations
 
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 
 from veilface.config import Settings
-from veilface.face import Recognizer, RecognizerSpec, get_spec, list_specs
-from veilface.models.registry import ModelRegistry, ModelVersion
+from veilface.face import Recognizer
+from veilface.models.registry import ModelRegistry
+from veilface.models.version import ModelVersion, OnnxNetwork, Preprocessing
 from veilface.train.backbones import MEAN, STD
 from veilface.train.dataset import to_tensor
 
@@ -57,35 +59,29 @@ def parity(model: nn.Module, path: Path, crops: np.ndarray) -> float:
     return float(np.abs(actual - expected).max())
 
 
-def matching_spec(dim: int) -> RecognizerSpec:
-    """The built-in recogniser spec that runs the exported graph: same names, preprocessing and size."""
-    for name in list_specs():
-        spec = get_spec(name)
-        if (spec.input_name, spec.output_name, spec.mean, spec.std, spec.rgb, spec.dim, spec.batch_fixed) == (
-            INPUT_NAME,
-            OUTPUT_NAME,
-            MEAN,
-            STD,
-            True,
-            dim,
-            False,
-        ):
-            return spec
-    raise ValueError(f"no built-in recogniser spec takes RGB (x-127.5)/127.5 crops to {dim}-d embeddings")
+def exported_network(path: Path, dim: int) -> OnnxNetwork:
+    """The description of the graph :func:`export_onnx` wrote to ``path``, with ``dim``-d embeddings."""
+    return OnnxNetwork(
+        file=str(path),
+        dim=dim,
+        preprocessing=Preprocessing(mean=MEAN, std=STD, colour_order="RGB"),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+    )
 
 
-def production_embeddings(
-    settings: Settings, spec: RecognizerSpec, path: Path, crops: np.ndarray
-) -> np.ndarray:
-    """Embeddings of BGR ``crops`` exactly as the embedder computes them (spec, flip fusion, threads)."""
-    recognizer = Recognizer(spec, path, threads=settings.onnx_threads, flip_fusion=settings.flip_fusion)
+def production_embeddings(settings: Settings, network: OnnxNetwork, crops: np.ndarray) -> np.ndarray:
+    """Embeddings of BGR ``crops`` exactly as the embedder computes them (preprocessing, flip fusion,
+    threads)."""
+    recognizer = Recognizer(
+        network.path.stem, network, threads=settings.onnx_threads, flip_fusion=settings.flip_fusion
+    )
     return recognizer.embed(list(crops))
 
 
 def register(
     settings: Settings,
-    onnx_path: Path,
-    spec: RecognizerSpec,
+    network: OnnxNetwork,
     *,
     version: str,
     threshold: float,
@@ -93,16 +89,15 @@ def register(
     data_digest: str,
     activate: bool,
 ) -> ModelVersion:
-    """Copy the ONNX file into the registry folder as ``{version}.onnx`` and register it under ``spec``."""
+    """Copy the network's ONNX file into the registry folder as ``{version}.onnx`` and register it with
+    its description."""
     target = settings.models_path / f"{version}.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, target)
+    shutil.copyfile(network.path, target)
     model = ModelVersion(
         version=version,
-        spec=spec.name,
-        file=str(target),
-        dim=spec.dim,
         threshold=round(threshold, 6),
+        network=replace(network, file=str(target)),
         metrics=metrics,
         data_digest=data_digest,
     )

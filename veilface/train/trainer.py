@@ -29,7 +29,7 @@ from veilface.train.backbones import create_backbone
 from veilface.train.config import DataConfig, TrainConfig
 from veilface.train.curves import plot_curves
 from veilface.train.dataset import FaceDataset, to_tensor
-from veilface.train.export import export_onnx, matching_spec, parity, production_embeddings, register
+from veilface.train.export import export_onnx, exported_network, parity, production_embeddings, register
 from veilface.train.facedb import FaceDB, IdentityRange, cached_lmdb
 from veilface.train.losses import MarginHead
 from veilface.train.pose import DreamMapping, fit_dream
@@ -248,7 +248,6 @@ def run(
     _seed_everything(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = config.optim.amp and device.type == "cuda"
-    spec = matching_spec(config.model.embedding_dim)  # fail before training, not after
     if (config.pose.method != "none" or register_model) and not config.data.dev:
         raise ValueError("the pose mapping and the registered threshold need dev identities: set data.dev")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,8 +380,7 @@ def run(
         metrics = {key: result[key] for key in ("dev", "parity_max_abs_diff", "pose") if key in result}
         model_version = register(
             settings,
-            out_dir / "model.onnx",
-            spec,
+            exported_network(out_dir / "model.onnx", config.model.embedding_dim),
             version=version,
             threshold=result["dev"]["threshold"],
             metrics=metrics,
@@ -390,7 +388,7 @@ def run(
             activate=config.export.activate,
         )
         result["version"] = model_version.version
-        result["model_file"] = model_version.file
+        result["model_file"] = model_version.network.file
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -415,8 +413,8 @@ def _export(
         )
     result = {"parity_max_abs_diff": difference, "data_digest": train.db.digest(train.indices)}
     if validator is not None:
-        spec = matching_spec(config.model.embedding_dim)
-        served = production_embeddings(settings, spec, onnx_path, validator.split.crops())
+        network = exported_network(onnx_path, config.model.embedding_dim)
+        served = production_embeddings(settings, network, validator.split.crops())
         result["dev"] = validator.metrics(served)
     return result
 
