@@ -25,8 +25,9 @@ from veilface.crypto.public import PublicContext
 from veilface.messaging.messages import error_payload
 from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
 from veilface.store.db import make_engine, require_schema, session_factory, session_scope
+from veilface.store.keysets import check_key_set
 from veilface.store.models import Worker
-from veilface.store.presence import Heartbeat, check_key_set
+from veilface.store.presence import Heartbeat
 from veilface.store.privileges import GRANTS
 
 log = logging.getLogger(__name__)
