@@ -75,6 +75,12 @@ class NotFound(VeilfaceError):
     code, status = "not_found", 404
 
 
+class MethodNotAllowed(VeilfaceError):
+    """The resource does not answer this HTTP method."""
+
+    code, status = "method_not_allowed", 405
+
+
 class UnknownSubject(NotFound):
     """No such subject in this gallery."""
 
