@@ -199,7 +199,7 @@ def queue_depths(gw: Gateway) -> dict[str, int] | None:
     names = list(dict.fromkeys([EMBED_QUEUE, MATCH_QUEUE, *own]))
     depths: dict[str, int] = {}
     try:
-        with gw.celery.connection_for_read() as conn:
+        with gw.transport.celery.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=QUEUE_PROBE_TIMEOUT_S)
             channel = conn.default_channel
             for name in names:

@@ -40,7 +40,7 @@ def _check_database(gateway) -> dict:
 
 
 def _check_broker(gateway) -> dict:
-    with gateway.celery.connection_for_write() as conn:
+    with gateway.transport.celery.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
     return {"ok": True}
 
