@@ -171,6 +171,12 @@ _BY_CODE = {
 }
 
 
+def codes() -> list[str]:
+    """Every code declared in this module, in the order declared: the codes an API error may carry."""
+    declared = [v for v in globals().values() if isinstance(v, type) and issubclass(v, VeilfaceError)]
+    return list(dict.fromkeys(cls.code for cls in declared))
+
+
 def from_code(code: str, message: str) -> VeilfaceError:
     """Rebuild an error that crossed a process boundary as ``(code, message)``."""
     return _BY_CODE.get(code, VeilfaceError)(message)
