@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session
 
 from veilface import errors
 from veilface.api.auth import audit, limit_subject_verification
-from veilface.api.compreface import errors as compreface_errors
 from veilface.api.compreface.auth import service_key
 from veilface.api.compreface.errors import (
     NO_FACE_MESSAGE,
     TOO_MANY_FACES_MESSAGE,
     Code,
     CompreFaceError,
+    register,
     translate,
 )
 from veilface.api.compreface.ids import image_id_for, template_id_of
@@ -46,7 +46,7 @@ from veilface.store import galleries as store
 from veilface.store.models import Gallery, Template
 
 blueprint = Blueprint("compreface", __name__, url_prefix="/api/v1")
-compreface_errors.register(blueprint)
+register(blueprint)  # CompreFace error bodies for every failure in these routes
 
 #: Page size of ``GET /recognition/faces`` when none is asked for, and the largest served.
 DEFAULT_PAGE_SIZE = 20
