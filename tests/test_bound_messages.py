@@ -242,7 +242,9 @@ def _tapped_probe(bound: Bound) -> tuple[dict, dict]:
     """The gateway's probe message for the victim's photo as it lies in Redis: its arguments and headers."""
     photo = bound.victim[1].read_bytes()
     request = ProbeRequest(_sha256(photo), bound.signer.expiry(), model_version=bound.active_version)
-    bound.gateway._send(TASK_PROBE, [bound.gateway._sealed(request, photo).to_message()], TAP_QUEUE)
+    bound.gateway.transport.send(
+        TASK_PROBE, [bound.gateway.transport.sealed(request, photo).to_message()], TAP_QUEUE
+    )
     (raw,) = bound.redis.lrange(TAP_QUEUE, 0, -1)
     envelope = json.loads(raw)
     args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
@@ -298,7 +300,9 @@ def test_a_probe_image_taken_from_the_queue_does_not_enroll_into_another_gallery
 def test_unsigned_altered_or_expired_messages_are_refused_by_both_workers(bound: Bound):
     gid, version = bound.gallery_id(GALLERY), bound.active_version
     photo = bound.victim[1].read_bytes()
-    probe = bound.gateway._sealed(ProbeRequest(_sha256(photo), bound.signer.expiry()), photo).to_message()
+    probe = bound.gateway.transport.sealed(
+        ProbeRequest(_sha256(photo), bound.signer.expiry()), photo
+    ).to_message()
     search = SearchRequest(gid, version, "AAAA", [0]).to_message()
     elsewhere = {**search, "gallery_id": gid + 1}
     marks = {worker: bound.log_size(worker) for worker in ("embedder1", "matcher1")}

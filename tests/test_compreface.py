@@ -28,8 +28,11 @@ from PIL import Image
 from sqlalchemy import select
 
 from veilface import errors
-from veilface.api import compreface
+from veilface.api.compreface import blueprint as compreface_blueprint
+from veilface.api.compreface import ids, replies
+from veilface.api.compreface.errors import translate
 from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
+from veilface.api.params import install_gateway
 from veilface.api.ratelimit import Limits
 from veilface.config import load_settings
 from veilface.messaging.messages import FaceBox
@@ -44,34 +47,34 @@ from veilface.store.models import Gallery, Template
 
 def test_image_ids_are_uuids_that_carry_the_template_id():
     for template_id in (1, 123456, 2**40 + 7):
-        image_id = compreface.image_id_for(template_id)
+        image_id = ids.image_id_for(template_id)
         assert uuid.UUID(image_id).version == 8
-        assert compreface.template_id_of(image_id) == template_id
-    assert compreface.template_id_of(str(uuid.uuid4())) is None
-    assert compreface.template_id_of("not-a-uuid") is None
-    assert compreface.template_id_of("123") is None
+        assert ids.template_id_of(image_id) == template_id
+    assert ids.template_id_of(str(uuid.uuid4())) is None
+    assert ids.template_id_of("not-a-uuid") is None
+    assert ids.template_id_of("123") is None
 
 
 def test_similarity_maps_cosine_onto_zero_one():
-    assert compreface.compreface_similarity(1.0) == 1.0
-    assert compreface.compreface_similarity(0.0) == 0.5
-    assert compreface.compreface_similarity(-1.0) == 0.0
-    assert compreface.compreface_similarity(0.36) == 0.68
-    assert compreface.compreface_similarity(1.00001) == 1.0  # CKKS noise never leaves [0, 1]
+    assert replies.compreface_similarity(1.0) == 1.0
+    assert replies.compreface_similarity(0.0) == 0.5
+    assert replies.compreface_similarity(-1.0) == 0.0
+    assert replies.compreface_similarity(0.36) == 0.68
+    assert replies.compreface_similarity(1.00001) == 1.0  # CKKS noise never leaves [0, 1]
 
 
 def test_box_uses_compreface_corners():
-    box = compreface.box_json((-2.4, 10.6, 100.0, 120.2), 0.987654)
+    box = replies.box_json((-2.4, 10.6, 100.0, 120.2), 0.987654)
     assert box == {"probability": 0.98765, "x_max": 98, "y_max": 131, "x_min": 0, "y_min": 11}
 
 
 def test_veilface_errors_become_compreface_errors():
-    no_face = compreface.translate(errors.NoFace())
+    no_face = translate(errors.NoFace())
     assert (no_face.status, no_face.code, no_face.message) == (400, 28, "No face is found in the given image")
-    many = compreface.translate(errors.MultipleFaces())
+    many = translate(errors.MultipleFaces())
     assert (many.status, many.code) == (400, 31)
-    assert compreface.translate(errors.Unavailable()).status == 503
-    assert compreface.translate(errors.VeilfaceError()).code == 0
+    assert translate(errors.Unavailable()).status == 503
+    assert translate(errors.VeilfaceError()).code == 0
 
 
 # -- store additions on SQLite ----------------------------------------------------------------
@@ -231,8 +234,8 @@ def gw(sessions, tmp_path):
 @pytest.fixture()
 def api(gw):
     app = Flask("compreface-test")
-    app.extensions["veilface"] = gw
-    app.register_blueprint(compreface.blueprint)
+    install_gateway(app, gw)
+    app.register_blueprint(compreface_blueprint)
     client = app.test_client()
 
     def call(method: str, path: str, key: str | None = KEY, files: dict | None = None, **kwargs):
@@ -357,7 +360,7 @@ def test_verify_an_example(api):
         "POST", f"/recognition/faces/{alice['image_id']}/verify", files={"file": photo(("bob", 80, 0.9))}
     )[1]
     assert body["result"][0]["similarity"] == 0.5
-    missing = compreface.image_id_for(999)
+    missing = ids.image_id_for(999)
     assert api("POST", f"/recognition/faces/{missing}/verify", files={"file": photo(("bob", 80, 0.9))})[
         1
     ] == {
@@ -562,7 +565,7 @@ def test_sdk_enrolls_lists_and_recognizes(sdk_run):
     enrolled = sdk_run["enrolled"]
     assert len(enrolled) == N_IDENTITIES, sdk_run["add_refused"]
     assert all(r["code"] in (28, 31) for r in sdk_run["add_refused"]), sdk_run["add_refused"]
-    assert all(compreface.template_id_of(p["image_id"]) for p in enrolled)
+    assert all(ids.template_id_of(p["image_id"]) for p in enrolled)
     listing = sdk_run["list"]
     assert (
         listing["total_elements"] == N_IDENTITIES
@@ -588,7 +591,7 @@ def test_sdk_verifies_and_detects(sdk_run):
     assert same["similarity"] > other["similarity"]
     pair_same = max(m["similarity"] for m in sdk_run["pair_same"]["result"][0]["face_matches"])
     pair_other = max(m["similarity"] for m in sdk_run["pair_other"]["result"][0]["face_matches"])
-    threshold = compreface.compreface_similarity(builtin(load_settings().recognizer).threshold)
+    threshold = replies.compreface_similarity(builtin(load_settings().recognizer).threshold)
     assert pair_same > pair_other and pair_other < threshold
     assert sdk_run["detect"]["result"] and "plugins_versions" in sdk_run["detect"]
     assert sdk_run["no_face"] == {"message": "No face is found in the given image", "code": 28}

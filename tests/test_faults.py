@@ -611,7 +611,7 @@ def test_every_redis_failure_of_a_task_call_is_unavailable_never_an_error(faults
 
     def call_a_task_nobody_answers() -> None:
         try:
-            gateway._call("veilface.test.unanswered", [], "veilface-test-nobody")
+            gateway.transport.call("veilface.test.unanswered", [], "veilface-test-nobody")
         except BaseException as exc:  # the test inspects whatever came out
             outcome["error"] = exc
 
@@ -625,12 +625,12 @@ def test_every_redis_failure_of_a_task_call_is_unavailable_never_an_error(faults
         assert isinstance(outcome["error"], errors.Unavailable), repr(outcome["error"])
         assert outcome["error"].message == "the result backend is unreachable"
         with pytest.raises(errors.Unavailable):
-            gateway._call("veilface.test.unanswered", [], "veilface-test-nobody")
+            gateway.transport.call("veilface.test.unanswered", [], "veilface-test-nobody")
         # What the result consumer raises when its reconnect budget is spent, whatever the cause
         # in the backend's own list of connection errors; any other RuntimeError is a bug.
-        with pytest.raises(errors.Unavailable), gateway._unavailable_if_lost("lost"):
+        with pytest.raises(errors.Unavailable), gateway.transport.unavailable_if_lost("lost"):
             raise RuntimeError("retry limit exceeded") from KeyError("stale socket")
-        with pytest.raises(RuntimeError), gateway._unavailable_if_lost("lost"):
+        with pytest.raises(RuntimeError), gateway.transport.unavailable_if_lost("lost"):
             raise RuntimeError("a bug")
     finally:
         faults.redis.start()

@@ -75,6 +75,12 @@ class NotFound(VeilfaceError):
     code, status = "not_found", 404
 
 
+class MethodNotAllowed(VeilfaceError):
+    """The resource does not answer this HTTP method."""
+
+    code, status = "method_not_allowed", 405
+
+
 class UnknownSubject(NotFound):
     """No such subject in this gallery."""
 
@@ -163,6 +169,12 @@ _BY_CODE = {
         MessageRefused,
     )
 }
+
+
+def codes() -> list[str]:
+    """Every code declared in this module, in the order declared: the codes an API error may carry."""
+    declared = [v for v in globals().values() if isinstance(v, type) and issubclass(v, VeilfaceError)]
+    return list(dict.fromkeys(cls.code for cls in declared))
 
 
 def from_code(code: str, message: str) -> VeilfaceError:

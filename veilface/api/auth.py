@@ -6,9 +6,10 @@ import functools
 import logging
 from collections.abc import Callable
 
-from flask import current_app, g, request
+from flask import g, request
 
 from veilface import errors
+from veilface.api.params import current_gateway
 from veilface.store.apikeys import authenticate
 from veilface.store.models import ApiKey, AuditEntry
 
@@ -37,7 +38,7 @@ def require_key(scope: str = "read") -> Callable:
             key = presented_key()
             if not key:
                 raise errors.Unauthorized("send an API key in X-API-Key or Authorization: Bearer")
-            gateway = current_app.extensions["veilface"]
+            gateway = current_gateway()
             row = _authenticated(key)
             g.api_key_id, g.api_key_scope, g.api_key_gallery = row.id, row.scope, row.gallery
             if scope == "admin" and g.api_key_scope != "admin":
@@ -58,7 +59,7 @@ def require_key(scope: str = "read") -> Callable:
 def _authenticated(key: str) -> ApiKey:
     """The live key row for ``key``; a failure is audited and counted against the client address,
     and an address past its failure allowance is refused before its key is even looked up."""
-    gateway = current_app.extensions["veilface"]
+    gateway = current_gateway()
     address = request.remote_addr or "unknown"
     limit = gateway.limits.auth_failures
     message = f"more than {limit.per_minute} failed authentications per minute from this address"
@@ -81,7 +82,7 @@ def limit_subject_verification(gallery: str, subject: str) -> None:
     """
     if g.api_key_scope == "admin":
         return
-    limit = current_app.extensions["veilface"].limits.per_subject
+    limit = current_gateway().limits.per_subject
     limit.check(
         f"{gallery}/{subject}", f"more than {limit.per_minute} verifications per minute against this subject"
     )
@@ -89,7 +90,7 @@ def limit_subject_verification(gallery: str, subject: str) -> None:
 
 def audit(action: str, gallery: str | None, subject: str | None = None, outcome: str = "ok") -> None:
     """Record who did what to which gallery: never an image, never a template."""
-    gateway = current_app.extensions["veilface"]
+    gateway = current_gateway()
     with gateway.session() as session:
         session.add(
             AuditEntry(

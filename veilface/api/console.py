@@ -20,9 +20,10 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, url_for
+from flask import Blueprint, Response, jsonify, redirect, render_template, url_for
 
 from veilface.api.auth import require_key
+from veilface.api.params import current_gateway
 from veilface.messaging.messages import EMBED_QUEUE, MATCH_QUEUE
 from veilface.store.presence import MATCHER, live_workers
 
@@ -79,10 +80,6 @@ SECURITY_HEADERS = {
 QUEUE_PROBE_TIMEOUT_S = 2.0
 
 
-def gateway() -> Gateway:
-    return current_app.extensions["veilface"]
-
-
 @blueprint.after_request
 def _secure(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
@@ -136,7 +133,7 @@ def status():
 @require_key("read")
 def status_report():
     """What the Status page shows beyond ``/readyz``: model, CKKS parameters, queues, key holder."""
-    gw = gateway()
+    gw = current_gateway()
     model = gw.registry.active()
     return jsonify(
         {
@@ -202,7 +199,7 @@ def queue_depths(gw: Gateway) -> dict[str, int] | None:
     names = list(dict.fromkeys([EMBED_QUEUE, MATCH_QUEUE, *own]))
     depths: dict[str, int] = {}
     try:
-        with gw.celery.connection_for_read() as conn:
+        with gw.transport.celery.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=QUEUE_PROBE_TIMEOUT_S)
             channel = conn.default_channel
             for name in names:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import current_app, g
+from flask import g
 
 from veilface.api.gateway import Candidate
+from veilface.api.params import current_gateway
 
 #: How an API reports a cosine similarity (the CompreFace API maps it to [0, 1]).
 Scale = Callable[[float], float]
@@ -40,7 +41,7 @@ class Disclosure:
     @classmethod
     def for_request(cls) -> Disclosure:
         """The disclosure for the request's authenticated key."""
-        settings = current_app.extensions["veilface"].settings
+        settings = current_gateway().settings
         return cls(full=g.api_key_scope in FULL_SCORE_SCOPES, top_k_max=settings.read_top_k_max)
 
     def top_k(self, asked: int) -> int:
@@ -55,7 +56,7 @@ class Disclosure:
         """
         if self.full:
             return asked
-        gateway = current_app.extensions["veilface"]
+        gateway = current_gateway()
         own = gateway.threshold(model_version or gateway.registry.active().version)
         return own if asked is None else max(asked, own)
 

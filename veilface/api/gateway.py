@@ -11,28 +11,22 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import flask
 import numpy as np
-from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
-from celery.result import AsyncResult
-from kombu.exceptions import OperationalError as BrokerError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors
 from veilface.api.health import FORGED_ANSWERS
 from veilface.api.ratelimit import Limits
+from veilface.api.transport import TaskTransport
 from veilface.config import Settings
 from veilface.crypto.codec import peek_dim
 from veilface.crypto.layout import BlockLayout
-from veilface.crypto.sealing import PayloadSealer
 from veilface.crypto.secret import SecretContext
-from veilface.messaging.app import send_signed
 from veilface.messaging.messages import (
     EMBED_QUEUE,
     MATCH_QUEUE,
@@ -49,10 +43,7 @@ from veilface.messaging.messages import (
     ScoreAnswer,
     SearchRequest,
     b64decode,
-    b64encode,
-    raise_for_error,
 )
-from veilface.messaging.signing import TaskSigner
 from veilface.models.registry import ModelRegistry
 from veilface.search import checks, ranking, routing
 from veilface.search.checks import ShardPlan
@@ -65,8 +56,6 @@ from veilface.store.presence import MATCHER, live_workers
 
 log = logging.getLogger(__name__)
 
-#: A request that carries a sealed image: :class:`EnrollRequest` or :class:`ProbeRequest`.
-ImageRequest = TypeVar("ImageRequest", EnrollRequest, ProbeRequest)
 #: Decrypted score vectors, each with the result it came from.
 Decrypted = list[tuple[ScoreResult, np.ndarray]]
 #: ``(block_no, slot)`` of every live template and its owner.
@@ -100,23 +89,19 @@ class FaceScore:
 
 
 class Gateway:
-    """The gateway's operations over the store, the queues and the key holder."""
+    """The gateway's operations over the store, the workers (through ``transport``) and the key holder."""
 
     def __init__(
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        celery: Celery,
         keys: SecretContext,
-        sealer: PayloadSealer,
-        signer: TaskSigner,
+        transport: TaskTransport,
     ):
         self.settings = settings
         self.sessions = sessions
-        self.celery = celery
         self.keys = keys
-        self.sealer = sealer
-        self.signer = signer
+        self.transport = transport
         self.registry = ModelRegistry(settings)
         self.limits = Limits.from_settings(settings)
         self._foreign_seen: set[str] = set()
@@ -124,62 +109,8 @@ class Gateway:
     # -- plumbing ---------------------------------------------------------------------
 
     def session(self):
+        """A transaction on the store (committed on success)."""
         return session_scope(self.sessions)
-
-    def _call(self, task: str, args: list, queue: str) -> Any:
-        """Run a task and wait for it; a backend outage or a timeout becomes ``Unavailable``."""
-        return self._wait(self._send(task, args, queue), task)
-
-    def _send(self, task: str, args: list, queue: str) -> AsyncResult:
-        """Queue a signed task; sending also subscribes to its result, so either backend may be down."""
-        with self._unavailable_if_lost("the task broker is unreachable"):
-            return send_signed(self.celery, self.signer, task, args, queue)
-
-    def _wait(self, result: AsyncResult, task: str) -> Any:
-        try:
-            with self._unavailable_if_lost("the result backend is unreachable"):
-                value = result.get(timeout=self.settings.task_timeout_s, propagate=False, interval=0.02)
-        except CeleryTimeout as exc:
-            raise errors.Unavailable(f"no worker answered {task} in time") from exc
-        finally:
-            try:
-                result.forget()
-            except Exception as exc:  # best effort while the backend is down: results expire anyway
-                if not self._backend_lost(exc):
-                    raise
-        if isinstance(value, BaseException):
-            log.warning("task %s failed: %s", task, type(value).__name__)
-            raise errors.Unavailable(f"{task} failed in the worker; retry later")
-        return raise_for_error(value)
-
-    @contextlib.contextmanager
-    def _unavailable_if_lost(self, message: str) -> Iterator[None]:
-        """Turn an error that means a backend is unreachable (:meth:`_backend_lost`) into
-        ``Unavailable``; any other error goes on as it is."""
-        try:
-            yield
-        except Exception as exc:
-            if not self._backend_lost(exc):
-                raise
-            raise errors.Unavailable(message) from exc
-
-    def _backend_lost(self, exc: Exception) -> bool:
-        """Whether ``exc`` says the broker or the result backend is unreachable.
-
-        The Redis result backend's own list of connection errors counts too (it includes
-        those of a socket left over from before a restart), and so does the bare
-        ``RuntimeError`` with which Celery's result consumer gives up reconnecting, whether
-        in ``get()``, ``forget()`` or the subscription ``send_task()`` makes; it reconnects
-        on the next call.
-        """
-        lost = (BrokerError, RedisError, ConnectionError, OSError)
-        lost += tuple(getattr(self.celery.backend, "connection_errors", ()))
-        cause = exc.__cause__ if isinstance(exc, RuntimeError) else exc
-        return isinstance(cause, lost)
-
-    def _sealed(self, request: ImageRequest, image: bytes) -> ImageRequest:
-        """``request`` carrying ``image``, sealed under the request's own binding."""
-        return replace(request, sealed_image=b64encode(self.sealer.seal(image, request.binding())))
 
     def threshold(self, model_version: str) -> float:
         return self.registry.get(model_version).threshold
@@ -198,13 +129,15 @@ class Gateway:
                 gallery_id,
                 subject_name,
                 hashlib.sha256(img).hexdigest(),
-                self.signer.expiry(),
+                self.transport.expiry(),
                 main_face,
                 model_version=active,
                 projection=projection,
             )
-            message = self._sealed(request, img).to_message()
-            results.append(EnrollResult.from_message(self._call(TASK_ENROLL, [message], EMBED_QUEUE)))
+            message = self.transport.sealed(request, img).to_message()
+            results.append(
+                EnrollResult.from_message(self.transport.call(TASK_ENROLL, [message], EMBED_QUEUE))
+            )
         self._maybe_compact(gallery_id, results[-1].model_version)
         return {
             "subject": subject_name,
@@ -227,7 +160,7 @@ class Gateway:
 
     def request_compaction(self, gallery_id: int, model_version: str):
         """Queue a compaction of the gallery's delta (public keys only, on a matcher)."""
-        return self._send(TASK_COMPACT, [gallery_id, model_version], MATCH_QUEUE)
+        return self.transport.send(TASK_COMPACT, [gallery_id, model_version], MATCH_QUEUE)
 
     # -- search -----------------------------------------------------------------------
 
@@ -242,12 +175,14 @@ class Gateway:
         """
         request = ProbeRequest(
             hashlib.sha256(image).hexdigest(),
-            self.signer.expiry(),
+            self.transport.expiry(),
             as_template=as_template,
             model_version=self.registry.active().version,
             projection=projection,
         )
-        faces = self._call(TASK_PROBE, [self._sealed(request, image).to_message()], EMBED_QUEUE)
+        faces = self.transport.call(
+            TASK_PROBE, [self.transport.sealed(request, image).to_message()], EMBED_QUEUE
+        )
         return [Probe.from_message(f) for f in faces]
 
     def _scatter(self, gallery_id: int, model_version: str, probe: str) -> tuple[Decrypted, Owners]:
@@ -277,8 +212,8 @@ class Gateway:
                 continue
             request = SearchRequest(gallery_id, model_version, probe, blocks)
             plan = ShardPlan(name, dim, frozenset(blocks))
-            pending.append((plan, self._send(TASK_SEARCH, [request.to_message()], queues[name])))
-        answers = [(plan, self._wait(result, TASK_SEARCH)) for plan, result in pending]
+            pending.append((plan, self.transport.send(TASK_SEARCH, [request.to_message()], queues[name])))
+        answers = [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
         return self._checked_search(gallery_id, model_version, answers)
 
     def _checked_search(
@@ -419,7 +354,7 @@ class Gateway:
 
     def _pair_similarity(self, probe: Probe, template: Probe) -> float:
         """Similarity of a probe and a template-layout ciphertext, scored by a matcher."""
-        message = self._call(TASK_PAIR, [probe.ciphertext, template.ciphertext], MATCH_QUEUE)
+        message = self.transport.call(TASK_PAIR, [probe.ciphertext, template.ciphertext], MATCH_QUEUE)
         dim = peek_dim(b64decode(probe.ciphertext))
         worker = message.get("worker") if isinstance(message, dict) else None
         with self._refusing_forgery(TASK_PAIR, worker if isinstance(worker, str) else "(unnamed)"):

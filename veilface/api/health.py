@@ -10,11 +10,12 @@ from __future__ import annotations
 import hmac
 import time
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
 
 from veilface.api.auth import presented_key, require_key
+from veilface.api.params import current_gateway
 from veilface.store.presence import EMBEDDER, MATCHER, live_workers
 
 REQUESTS = Counter("veilface_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
@@ -39,7 +40,7 @@ def _check_database(gateway) -> dict:
 
 
 def _check_broker(gateway) -> dict:
-    with gateway.celery.connection_for_write() as conn:
+    with gateway.transport.celery.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
     return {"ok": True}
 
@@ -82,7 +83,7 @@ def _check_embedder_model(gateway) -> dict:
 def _readiness_report() -> tuple[bool, dict]:
     """Whether every check passes, and each check by name with its ``ok`` (a check that raises
     fails with its exception's name)."""
-    gateway = current_app.extensions["veilface"]
+    gateway = current_gateway()
     checks = {
         "database": _check_database,
         "broker": _check_broker,
@@ -143,7 +144,7 @@ def register(app: Flask) -> None:
     @app.get("/metrics")
     def metrics():
         """Prometheus metrics, for the metrics token or an admin API key."""
-        token = current_app.extensions["veilface"].settings.metrics_token
+        token = current_gateway().settings.metrics_token
         if _is_metrics_token(presented_key(), token):
             return _metrics_text()
         return _admin_metrics_text()

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from veilface import __version__
+from veilface import __version__, errors
 from veilface.models.projection import NAME_PATTERN
 
 blueprint = Blueprint("openapi", __name__)
 
-ERROR_CODES = [
-    "bad_request",
-    "invalid_image",
-    "image_too_large",
-    "no_face",
-    "multiple_faces",
-    "poor_quality",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "unknown_subject",
-    "unknown_gallery",
-    "rate_limited",
-    "unavailable",
-    "internal",
-]
+#: Every code an error body may carry, as veilface/errors.py declares them.
+ERROR_CODES = errors.codes()
 
 _ERROR = {
     "type": "object",

@@ -20,10 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from veilface.errors import KeyMismatch
 from veilface.store.db import session_scope
-
-# The gateway (veilface/api/__init__.py) still imports announce_key_set from here; it moves to
-# veilface.store.keysets with the API's own rework, and this re-export goes then.
-from veilface.store.keysets import announce_key_set as announce_key_set
 from veilface.store.keysets import check_key_set
 from veilface.store.models import Worker, utcnow
 
