@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from veilface import errors
 from veilface.config import Settings
-from veilface.store.models import Base
+from veilface.store.models import Base, Template
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent.parent / "sql" / "schema.sql"
 
@@ -78,6 +78,7 @@ def create_schema(engine: Engine) -> None:
                     conn.execute(CreateIndex(index, if_not_exists=True))
     with engine.begin() as conn:
         add_block_layout_columns(conn)
+        allow_subjectless_templates(conn)
 
 
 def add_block_layout_columns(conn: Connection) -> None:
@@ -88,6 +89,31 @@ def add_block_layout_columns(conn: Connection) -> None:
     for name, definition in BLOCK_LAYOUT_COLUMNS.items():
         if name not in present:
             conn.exec_driver_sql(f"ALTER TABLE blocks ADD COLUMN {guard}{definition}")
+
+
+def allow_subjectless_templates(conn: Connection) -> None:
+    """Let ``templates.subject_id`` be NULL (a sentinel) in a database made before sentinels.
+
+    MySQL/MariaDB change the column in place; SQLite cannot, so its table is rebuilt under the
+    same name, rows and indexes (the documented way: new table, copy, drop, rename).
+    """
+    subject = next(c for c in inspect(conn).get_columns("templates") if c["name"] == "subject_id")
+    if subject["nullable"]:
+        return
+    if conn.dialect.name in ("mysql", "mariadb"):
+        conn.exec_driver_sql("ALTER TABLE templates MODIFY subject_id BIGINT NULL")
+        return
+    table, scratch = Template.__table__, MetaData()
+    for other in Base.metadata.sorted_tables:  # the referenced tables, for the foreign keys
+        other.to_metadata(scratch)
+    rebuilt = table.to_metadata(scratch, name="templates_new")
+    conn.execute(CreateTable(rebuilt))
+    columns = ", ".join(column.name for column in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO templates_new ({columns}) SELECT {columns} FROM templates")
+    conn.exec_driver_sql("DROP TABLE templates")
+    conn.exec_driver_sql("ALTER TABLE templates_new RENAME TO templates")
+    for index in table.indexes:
+        conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    VARBINARY,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -74,7 +75,11 @@ class SlotCounter(Base):
 
 
 class Template(Base):
-    """One enrolled face. ``ciphertext`` is its delta ciphertext until compaction packs it."""
+    """One enrolled face. ``ciphertext`` is its delta ciphertext until compaction packs it.
+
+    A row with no subject is a hidden sentinel (:class:`Sentinel`): stored, searched and
+    compacted like any template, never a candidate.
+    """
 
     __tablename__ = "templates"
     __table_args__ = (
@@ -87,7 +92,9 @@ class Template(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False)
-    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), nullable=False)
+    subject_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), nullable=True
+    )
     model_version: Mapped[str] = mapped_column(String(64), nullable=False)
     image_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     block_no: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -119,6 +126,18 @@ class Block(Base):
     #: ``g`` of a layout-2 block; NULL for layout 1 (which searches as ``g = dim``).
     baby_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow, nullable=False)
+
+
+class Sentinel(Base):
+    """A sentinel template: the seed of its random unit vector, sealed with the gateway-only
+    ``sentinel.key`` (:mod:`veilface.store.sentinels`)."""
+
+    __tablename__ = "sentinels"
+
+    template_id: Mapped[int] = mapped_column(
+        ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    sealed_seed: Mapped[bytes] = mapped_column(VARBINARY(128), nullable=False)
 
 
 class BlockCiphertext(Base):

@@ -4,7 +4,10 @@ Only the migration (``veilface db migrate``, run with an administrator's URL) ch
 The gateway may read and write every table but may not rewrite the audit log; an embedder adds
 subjects and delta templates; an he-matcher folds delta templates into packed blocks. Neither
 worker can read or write ``api_keys`` or ``audit_log``, and no service has a DDL right. Column lists
-narrow updates further: a matcher may change a template's state and ciphertext, never its subject.
+narrow updates further: a matcher may change a template's state and ciphertext, never its subject;
+and reads: a matcher sees a template's position, state and ciphertext only, never its subject, image
+hash or time, so it cannot tell a hidden sentinel (a template with no subject) from an enrolled face,
+and it holds no right on ``sentinels`` (the embedder neither: only the gateway reads the seeds).
 SQLite has no accounts: there every process holds every right (the embedded defaults).
 
 Checked on MariaDB 10.11 (the tests' and the compose file's server). MySQL 8.0.22 and later also
@@ -33,7 +36,10 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "workers": HEARTBEAT,
     },
     "matcher": {
-        "templates": ("SELECT", "UPDATE (state, ciphertext)"),
+        "templates": (
+            "SELECT (id, gallery_id, model_version, block_no, slot, state, ciphertext)",
+            "UPDATE (state, ciphertext)",
+        ),
         "blocks": ("SELECT", "INSERT", "UPDATE (version, filled, updated_at)"),
         "block_ciphertexts": ("SELECT", "INSERT", "DELETE"),
         "workers": HEARTBEAT,
