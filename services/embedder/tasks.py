@@ -33,6 +33,7 @@ from veilface.messaging.messages import (
 )
 from veilface.models.registry import ModelRegistry, ModelVersion
 from veilface.search.layout import place
+from veilface.search.sentinels import open_seeds, sealed_true_scores
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.store.models import Gallery, Template
@@ -226,14 +227,19 @@ def probe(message: dict) -> list[dict] | dict:
 
     try:
         templated = [active.templated(face.embedding, projection) for face in faces]
+        seeds = open_seeds(sealer, request.binding(), request.sealed_sentinels)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
+    ciphertexts = [
+        None if face.quality_reason else encrypt(v) for face, (_, v) in zip(faces, templated, strict=True)
+    ]
     return [
         Probe(
             face=FaceBox(face.box, face.score),
             model_version=version,
-            ciphertext=None if face.quality_reason else encrypt(vector),
+            ciphertext=ciphertexts[index],
             quality_reason=face.quality_reason,
+            sentinel_scores=sealed_true_scores(sealer, seeds, index, ciphertexts[index], vector),
         ).to_message()
-        for face, (version, vector) in zip(faces, templated, strict=True)
+        for index, (face, (version, vector)) in enumerate(zip(faces, templated, strict=True))
     ]

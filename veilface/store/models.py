@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    VARBINARY,
     BigInteger,
     DateTime,
     Enum,
@@ -19,7 +20,6 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
-    VARBINARY,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
