@@ -233,13 +233,14 @@ def probe(message: dict) -> list[dict] | dict:
     ciphertexts = [
         None if face.quality_reason else encrypt(v) for face, (_, v) in zip(faces, templated, strict=True)
     ]
+    scores = sealed_true_scores(sealer, seeds, ciphertexts, [vector for _, vector in templated])
     return [
         Probe(
             face=FaceBox(face.box, face.score),
             model_version=version,
-            ciphertext=ciphertexts[index],
+            ciphertext=ciphertext,
             quality_reason=face.quality_reason,
-            sentinel_scores=sealed_true_scores(sealer, seeds, index, ciphertexts[index], vector),
+            sentinel_scores=sealed,
         ).to_message()
-        for index, (face, (version, vector)) in enumerate(zip(faces, templated, strict=True))
+        for face, (version, _), ciphertext, sealed in zip(faces, templated, ciphertexts, scores, strict=True)
     ]

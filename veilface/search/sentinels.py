@@ -46,18 +46,25 @@ class SentinelRef:
     seed: bytes
 
 
-def sentinel_vector(seed: bytes, dim: int) -> np.ndarray:
-    """The unit vector of dimension ``dim`` (even) drawn from ``seed``: uniform on the sphere.
+#: Sentinel vectors drawn at once when scoring (a bound on memory: 4096 x 1024 doubles = 32 MiB).
+CHUNK = 4096
 
-    SHAKE-256 of the seed gives uniform numbers, Box-Muller turns them into Gaussians, which
-    are normalised: the same bytes give the same vector on every machine and numpy version.
+
+def sentinel_vectors(seeds: Sequence[bytes], dim: int) -> np.ndarray:
+    """The unit vectors of dimension ``dim`` drawn from ``seeds``, one row per seed.
+
+    SHAKE-256 of each seed gives ``dim`` uniform 16-bit integers, centred and normalised: the
+    same bytes give the same vector on every machine and numpy version. (Not uniform on the
+    sphere, which nothing needs: the vector is never seen, only its encryption.)
     """
-    raw = np.frombuffer(hashlib.shake_256(seed).digest(4 * dim), dtype="<u4").astype(np.float64)
-    uniform = (raw + 0.5) / 2.0**32
-    radius = np.sqrt(-2.0 * np.log(uniform[: dim // 2]))
-    angle = 2.0 * np.pi * uniform[dim // 2 :]
-    vector = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])
-    return vector / np.linalg.norm(vector)
+    raw = b"".join(hashlib.shake_256(seed).digest(2 * dim) for seed in seeds)
+    vectors = np.frombuffer(raw, dtype="<i2").reshape(len(seeds), dim) + 0.5
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def sentinel_vector(seed: bytes, dim: int) -> np.ndarray:
+    """The unit vector of one seed (:func:`sentinel_vectors`)."""
+    return sentinel_vectors([seed], dim)[0]
 
 
 def is_sentinel_slot(key: bytes, gallery_id: int, model_version: str, sequence: int, rate: float) -> bool:
@@ -71,11 +78,19 @@ def is_sentinel_slot(key: bytes, gallery_id: int, model_version: str, sequence: 
     return draw < rate * 2.0**64
 
 
-def expected_scores(probe: np.ndarray, seeds: Sequence[bytes]) -> list[float]:
-    """The true score of the (plaintext) ``probe`` against each sentinel, in ``seeds`` order."""
-    unit = np.asarray(probe, dtype=np.float64)
-    unit = unit / np.linalg.norm(unit)
-    return [float(unit @ sentinel_vector(seed, len(unit))) for seed in seeds]
+def true_scores(probes: Sequence[np.ndarray], seeds: Sequence[bytes]) -> np.ndarray:
+    """``(len(probes), len(seeds))``: the true score of each (plaintext) probe, normalised as it
+    is encrypted, against each sentinel; the probes share one dimension."""
+    if not probes:
+        return np.zeros((0, len(seeds)))
+    units = np.stack([np.asarray(probe, dtype=np.float64) for probe in probes])
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    scores = np.empty((len(units), len(seeds)))
+    for start in range(0, len(seeds), CHUNK):
+        scores[:, start : start + CHUNK] = (
+            units @ sentinel_vectors(seeds[start : start + CHUNK], units.shape[1]).T
+        )
+    return scores
 
 
 def check_sentinels(
@@ -169,10 +184,18 @@ def open_scores(
 
 
 def sealed_true_scores(
-    sealer: PayloadSealer, seeds: Sequence[bytes], index: int, ciphertext: str | None, vector: np.ndarray
-) -> str | None:
-    """Embedder side: the sealed true scores of probe ``index`` (its plaintext ``vector``,
-    encrypted as ``ciphertext``) against the sentinels; ``None`` without sentinels or probe."""
-    if not seeds or ciphertext is None:
-        return None
-    return seal_scores(sealer, index, ciphertext, expected_scores(vector, seeds))
+    sealer: PayloadSealer,
+    seeds: Sequence[bytes],
+    ciphertexts: Sequence[str | None],
+    vectors: Sequence[np.ndarray],
+) -> list[str | None]:
+    """Embedder side: for each face of a probe task (its probe ``ciphertexts[i]``, ``None`` if
+    unusable, of plaintext ``vectors[i]``), its true scores against the sentinels, sealed to its
+    index and ciphertext; ``None`` for every face when no sentinel was sent."""
+    if not seeds:
+        return [None] * len(ciphertexts)
+    scores = true_scores(vectors, seeds)
+    return [
+        None if ciphertext is None else seal_scores(sealer, index, ciphertext, scores[index])
+        for index, ciphertext in enumerate(ciphertexts)
+    ]
