@@ -7,12 +7,16 @@ replays the attack against the running stack.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from sqlalchemy import MetaData, create_engine, inspect, select
+import requests
+from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
 from veilface import errors
+from veilface.config import load_settings
 from veilface.crypto.codec import Kind
 from veilface.crypto.keyfiles import read_key
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
@@ -221,3 +225,68 @@ def test_a_database_from_before_sentinels_lets_templates_lose_their_subject(back
 def _subject_nullable(engine) -> bool:
     columns = inspect(engine).get_columns("templates")
     return next(column["nullable"] for column in columns if column["name"] == "subject_id")
+
+
+@pytest.mark.stack
+def test_the_gateway_adds_sentinels_where_its_key_says_as_a_gallery_grows(
+    stack, mysql_redis_env, admin_headers, key_dir, lfw_people
+):
+    """On the session stack (default share, 1 slot in 16): after each enrollment every position
+    the keyed coin picks holds a sentinel (position 0 excepted: the gallery's dimension is not
+    known before its first face), and no other does; identify still answers."""
+    key, rate = read_key(key_dir / "sentinel.key"), load_settings(mysql_redis_env).sentinels_per_block / 8192
+    engine = create_engine(mysql_redis_env["VEILFACE_DATABASE_URL"])
+    people = iter(lfw_people[60:])
+
+    def enroll(gallery: str) -> list[Path]:
+        photos = next(people)
+        url = f"{stack.url}/v1/galleries/{gallery}/subjects/{photos[0].parent.name}/faces?face=main"
+        r = requests.post(url, headers=admin_headers, files=[("image", photos[0].read_bytes())], timeout=120)
+        assert r.status_code == 201, r.text
+        return photos
+
+    for attempt in range(4):  # a gallery whose first sentinel comes early enough
+        gallery = f"sentinel-placement-{attempt}"
+        photos = enroll(gallery)
+        with engine.connect() as conn:
+            gallery_id, model = conn.execute(
+                text(
+                    "SELECT DISTINCT g.id, t.model_version FROM galleries g"
+                    " JOIN templates t ON t.gallery_id = g.id WHERE g.name = :g"
+                ),
+                {"g": gallery},
+            ).one()
+        coin = [sentinels.is_sentinel_slot(key, gallery_id, model, n, rate) for n in range(64)]
+        if any(coin[1:24]):
+            break
+    else:
+        pytest.fail("no gallery drew a sentinel among its first 24 positions (odds below 1e-2)")
+    first = coin.index(True, 1)
+    while True:
+        with engine.connect() as conn:
+            counter = conn.execute(
+                text("SELECT next_slot FROM slot_counters WHERE gallery_id = :g"), {"g": gallery_id}
+            ).scalar_one()
+            placed = [
+                slot
+                for (slot,) in conn.execute(
+                    text(
+                        "SELECT t.slot FROM templates t JOIN sentinels s ON s.template_id = t.id"
+                        " WHERE t.gallery_id = :g ORDER BY t.slot"
+                    ),
+                    {"g": gallery_id},
+                )
+            ]
+        if counter > first:
+            break
+        photos = enroll(gallery)
+    engine.dispose()
+    assert placed == [n for n in range(1, counter) if coin[n]] and first in placed
+    r = requests.post(
+        f"{stack.url}/v1/galleries/{gallery}/identify",
+        headers=admin_headers,
+        files=[("image", photos[1].read_bytes())],
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["faces"][0]["match"] == photos[0].parent.name
