@@ -22,6 +22,7 @@ from veilface.crypto.keyfiles import read_key
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.sealing import ImageBinding, PayloadSealer
 from veilface.crypto.secret import SecretContext
+from veilface.messaging.messages import FaceBox, Probe
 from veilface.search import sentinels
 from veilface.search.checks import ForgedAnswer, noise_tolerance
 from veilface.search.delta import load_template, merge_groups, score_delta
@@ -167,6 +168,11 @@ def test_seeds_and_scores_open_only_for_their_task_and_probe(key_dir):
             sentinels.open_scores(sealer, index, ciphertext, sealed_scores, refs)
     with pytest.raises(errors.MessageRefused, match="do not fit"):
         sentinels.open_scores(sealer, 1, "probe-ciphertext", scores, refs[:1])
+    face = FaceBox((0, 0, 1, 1), 0.9)
+    probes = [Probe(face, MODEL, None, "blurry"), Probe(face, MODEL, "probe-ciphertext", None, scores)]
+    assert sentinels.expected_per_probe(sealer, probes, refs) == [{}, {(0, 5): 0.25, (1, 2): -0.5}]
+    with pytest.raises(errors.MessageRefused):  # a probe whose true scores went missing
+        sentinels.expected_per_probe(sealer, [Probe(face, MODEL, "probe-ciphertext")], refs)
 
 
 def test_the_odds_of_a_forgery_going_unnoticed():

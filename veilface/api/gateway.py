@@ -285,20 +285,7 @@ class Gateway:
         with self.session() as session:
             refs = self.sentinel_keeper.roster(session, gallery_id, self.registry.active().version)
         probes = self.probes(image, projection=projection, sentinels=refs)
-        expected = []
-        for index, probe in enumerate(probes):
-            if probe.ciphertext is None:
-                expected.append({})
-                continue
-            try:
-                scores = sentinel_checks.open_scores(
-                    self.sealer, index, probe.ciphertext, probe.sentinel_scores, refs
-                )
-            except errors.MessageRefused as exc:
-                log.error("refused the embedder's probes: %s", exc.message)
-                raise
-            expected.append(scores)
-        return probes, expected
+        return probes, sentinel_checks.expected_per_probe(self.sealer, probes, refs)
 
     def _scatter(
         self, gallery_id: int, model_version: str, probe: str, sentinels: Expected | None = None

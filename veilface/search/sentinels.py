@@ -27,7 +27,7 @@ import numpy as np
 from veilface import errors
 from veilface.crypto.layout import BlockLayout
 from veilface.crypto.sealing import ImageBinding, PayloadSealer
-from veilface.messaging.messages import b64decode, b64encode
+from veilface.messaging.messages import Probe, b64decode, b64encode
 from veilface.search.checks import ForgedAnswer
 from veilface.search.results import ScoreResult
 
@@ -198,4 +198,17 @@ def sealed_true_scores(
     return [
         None if ciphertext is None else seal_scores(sealer, index, ciphertext, scores[index])
         for index, ciphertext in enumerate(ciphertexts)
+    ]
+
+
+def expected_per_probe(
+    sealer: PayloadSealer, probes: Sequence[Probe], refs: Sequence[SentinelRef]
+) -> list[dict[tuple[int, int], float]]:
+    """Gateway side: for each probe of one task, by index, the true scores of ``refs``
+    (:func:`open_scores`; empty for a face without a probe)."""
+    return [
+        {}
+        if probe.ciphertext is None
+        else open_scores(sealer, index, probe.ciphertext, probe.sentinel_scores, refs)
+        for index, probe in enumerate(probes)
     ]
