@@ -34,11 +34,12 @@ CREATE TABLE IF NOT EXISTS slot_counters (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- One enrolled face. `ciphertext` is its delta ciphertext until compaction folds it
--- into its packed block (state 'packed', ciphertext NULL).
+-- into its packed block (state 'packed', ciphertext NULL). A row with no subject is a hidden
+-- sentinel (see the `sentinels` table); the matcher's account cannot read `subject_id`.
 CREATE TABLE IF NOT EXISTS templates (
     id BIGINT NOT NULL AUTO_INCREMENT,
     gallery_id BIGINT NOT NULL,
-    subject_id BIGINT NOT NULL,
+    subject_id BIGINT NULL,
     model_version VARCHAR(64) NOT NULL,
     image_sha256 VARCHAR(64) NOT NULL,
     block_no INTEGER NOT NULL,
@@ -69,6 +70,15 @@ CREATE TABLE IF NOT EXISTS blocks (
     PRIMARY KEY (id),
     UNIQUE KEY uq_block (gallery_id, model_version, block_no),
     FOREIGN KEY (gallery_id) REFERENCES galleries (id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The seed of each sentinel template's random unit vector, sealed with the gateway-only
+-- sentinel.key (veilface/store/sentinels.py). Only the gateway's account may read it.
+CREATE TABLE IF NOT EXISTS sentinels (
+    template_id BIGINT NOT NULL,
+    sealed_seed VARBINARY(128) NOT NULL,
+    PRIMARY KEY (template_id),
+    FOREIGN KEY (template_id) REFERENCES templates (id) ON DELETE CASCADE
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS block_ciphertexts (

@@ -15,7 +15,10 @@ The lie is read at every task from the file named by ``LYING_MATCHER_MODE_FILE``
 * ``scale``: the real answer with its scale field divided by 48 (the decrypted scores come
   out 48 times larger: a forged match);
 * ``redis``: the ``relabel`` answer written straight into the Redis result backend for
-  the pending task, as anyone who can write to Redis could; the task itself answers late.
+  the pending task, as anyone who can write to Redis could; the task itself answers late;
+* ``shift BLOCK SLOT``: the real answer with the score of one slot raised by 0.3 (added
+  homomorphically with the public keys), which keeps it inside ``[-1, 1]``: what a matcher
+  that forges one decision would do. The test names the slot (a sentinel, or a face).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import redis
 from sqlalchemy import select
 
@@ -70,6 +74,18 @@ def _scaled(blob: bytes, factor: float) -> bytes:
     return ctx.dumps(ciphertext, Kind.SCORE)
 
 
+def _shifted(result: ScoreResult, slot: int, amount: float) -> bytes:
+    """``result``'s score ciphertext with ``amount`` added to the score of in-block ``slot``."""
+    ctx = _context()
+    ciphertext = ctx.loads(result.ciphertext, Kind.SCORE, level=ctx.score_level, sizes=(2, 3))
+    lane, position = ctx.layout(result.dim).locate(slot)
+    values = np.zeros(ctx.slots, dtype=np.complex128)
+    values[position] = amount if lane == 0 else 1j * amount
+    plain = ctx.encode(values, ciphertext.parms_id(), ciphertext.scale)
+    ctx.evaluator.add_plain_inplace(ciphertext, plain)
+    return ctx.dumps(ciphertext, Kind.SCORE)
+
+
 def _lie(answer: dict, mode: str) -> dict:
     """The lying version of the honest ``answer`` (a ScoreAnswer message)."""
     ctx = _context()
@@ -77,7 +93,11 @@ def _lie(answer: dict, mode: str) -> dict:
     lied = []
     for result in honest.scores:
         genuine = ctx.loads(result.ciphertext, Kind.SCORE, level=ctx.score_level, sizes=(2, 3))
-        if mode == "scale":
+        if mode.startswith("shift"):
+            block_no, slot = map(int, mode.split()[1:])
+            hit = result.block_no == block_no and slot in result.slots
+            blob = _shifted(result, slot, 0.3) if hit else result.ciphertext
+        elif mode == "scale":
             blob = _scaled(result.ciphertext, 1 / 48)
         else:
             level = ctx.packed_level if mode == "relabel_packed" else ctx.score_level

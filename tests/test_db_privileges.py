@@ -88,6 +88,22 @@ def test_a_matcher_cannot_move_a_template_to_another_subject(stack, mysql_redis_
     assert _refused(url, "UPDATE templates SET state = state WHERE id < 0") == 0
 
 
+@pytest.mark.parametrize("service", WORKERS)
+def test_no_worker_reads_the_sentinels_and_a_matcher_cannot_tell_them_apart(stack, mysql_redis_env, service):
+    """The sentinels' seeds are the gateway's; a matcher sees a template's position, state and
+    ciphertext, never its subject, image hash or time, which would single out a sentinel."""
+    url = _url(mysql_redis_env, service)
+    assert _refused(url, "SELECT sealed_seed FROM sentinels") in DENIED
+    assert _refused(url, "INSERT INTO sentinels (template_id, sealed_seed) VALUES (1, 'x')") in DENIED
+    assert _refused(_url(mysql_redis_env, "gateway"), "SELECT COUNT(*) FROM sentinels") == 0
+    if service == "matcher":
+        for column in ("subject_id", "image_sha256", "created_at"):
+            statement = f"SELECT id FROM templates WHERE {column} IS NULL"
+            assert _refused(url, statement) in DENIED, column
+        statement = "SELECT id, gallery_id, model_version, block_no, slot, state, ciphertext FROM templates"
+        assert _refused(url, statement) == 0
+
+
 def test_an_admin_key_inserted_by_a_matcher_is_not_stored_and_opens_nothing(stack, mysql_redis_env):
     key = "forged-by-a-matcher"
     matcher = create_engine(_url(mysql_redis_env, "matcher"))

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,20 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.conftest import MYSQL_HOST, _stack_env, drop_mysql_database, free_port, fresh_mysql_database
-from tests.test_faults import Logs, PrivateRedis, wait_for
+from tests.conftest import (
+    MYSQL_HOST,
+    _stack_env,
+    drop_mysql_database,
+    free_port,
+    fresh_mysql_database,
+)
+from tests.test_faults import Logs, PrivateRedis, gateway_sender, wait_for
+from veilface.crypto.keyfiles import read_key
 from veilface.local.stack import REPO, Stack
-from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH
+from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH
+from veilface.search.sentinels import MAX_RUN
+from veilface.store.db import session_factory, session_scope
+from veilface.store.sentinels import SentinelKeeper
 
 GALLERY = "victims"
 REFUSED = "veilface_refused_matcher_answers_total"
@@ -70,8 +81,10 @@ class Attacked:
         )
 
     def states(self) -> list[str]:
-        """The templates' states, sorted: a search meets a packed block and a delta."""
-        return sorted(state for (state,) in self.query("SELECT state FROM templates"))
+        """The enrolled templates' states, sorted: a search meets a packed block and a delta."""
+        return sorted(
+            state for (state,) in self.query("SELECT state FROM templates WHERE subject_id IS NOT NULL")
+        )
 
     def refused_count(self, task: str) -> float:
         body = requests.get(f"{self.stack.url}/metrics", headers=self.headers, timeout=30).text
@@ -111,6 +124,7 @@ def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
     )
     env["VEILFACE_GATEWAY_WORKERS"] = "1"  # one process: its /metrics counts every refusal
     env["VEILFACE_COMPACTION_THRESHOLD"] = "2"  # the first two are packed, the third stays in the delta
+    env["VEILFACE_SENTINELS_PER_BLOCK"] = "0"  # that layout exactly: the sentinel tests plant their own
     log_dir = folder / "logs"
     stack = Stack(env=env, bind=f"127.0.0.1:{free_port()}", matchers=0, log_dir=log_dir)
     mode_file = folder / "lie"
@@ -223,3 +237,80 @@ def test_a_result_forged_in_the_redis_backend_is_refused(attacked: Attacked):
     assert_refused(attacked, verify_pair(attacked, enrolled, query), TASK_PAIR, before)
     attacked.lie("honest")
     assert identify(attacked, query).json()["faces"][0]["match"] == attacked.people[2][0]
+
+
+# -- hidden sentinels ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted(attacked: Attacked, key_dir: Path, lfw_people) -> list[tuple[int, int]]:
+    """``(block_no, slot)`` of sentinels added by the gateway's own keeper (its key, the stack's
+    database), then folded into the packed block with the faces by a fourth enrollment."""
+    engine = create_engine(f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{attacked.database}?charset=utf8mb4")
+    ((gallery_id, model_version),) = attacked.query(
+        "SELECT DISTINCT gallery_id, model_version FROM templates"
+    )
+    keeper = SentinelKeeper(read_key(key_dir / "sentinel.key"), 8192, key_dir / "public.ctx")
+    with session_scope(session_factory(engine)) as session:  # a sentinel at every position: MAX_RUN of them
+        assert keeper.top_up(session, gallery_id, model_version) == MAX_RUN
+    engine.dispose()
+    photo = lfw_people[3][0]
+    r = attacked.post(f"/v1/galleries/{GALLERY}/subjects/{photo.parent.name}/faces?face=main", image=photo)
+    assert r.status_code == 201, r.text
+    # Sent again until it is done: the compaction lock is named per gallery id on the whole server,
+    # which other test databases share.
+    send, deadline = gateway_sender(attacked.stack.env), time.monotonic() + 240
+    while attacked.query("SELECT COUNT(*) FROM templates WHERE state = 'delta'") != [(0,)]:
+        assert time.monotonic() < deadline, "the delta and the sentinels were not packed"
+        send(TASK_COMPACT, [gallery_id, model_version], MATCH_QUEUE)
+        time.sleep(15)
+    attacked.people.append((photo.parent.name, photo, lfw_people[3][1]))
+    return attacked.query(
+        "SELECT t.block_no, t.slot FROM templates t JOIN sentinels s ON s.template_id = t.id ORDER BY t.slot"
+    )
+
+
+def test_sentinels_pass_honest_answers_and_never_appear_in_them(attacked: Attacked, planted):
+    attacked.lie("honest")
+    assert attacked.query("SELECT state FROM templates WHERE subject_id IS NULL") == [("packed",)] * MAX_RUN
+    names = {subject for subject, _, _ in attacked.people}
+    for subject, _, query in attacked.people:
+        r = attacked.post(f"/v1/galleries/{GALLERY}/identify?top_k=50", image=query)
+        assert r.status_code == 200, r.text
+        face = r.json()["faces"][0]  # the main face
+        assert face["match"] == subject
+        assert {c["subject"] for c in face["candidates"]} <= names  # only faces rank, never a sentinel
+        assert len(face["candidates"]) == len(names)
+        assert verify_subject(attacked, subject, query).json()["match"]
+    listing = requests.get(f"{attacked.stack.url}/v1/galleries", headers=attacked.headers, timeout=30).json()
+    assert [g["templates"] for g in listing["galleries"] if g["name"] == GALLERY] == [len(names)]
+
+
+def test_one_forged_sentinel_score_is_refused(attacked: Attacked, planted):
+    """The lie raises one score by 0.3, inside [-1, 1]: the range and zero checks pass it (see the
+    next test), the sentinel's true score, from the embedder, does not."""
+    block_no, slot = planted[MAX_RUN // 2]
+    attacked.lie(f"shift {block_no} {slot}")
+    subject, _, query = attacked.people[0]
+    before = state(attacked, TASK_SEARCH)
+    assert_refused(attacked, identify(attacked, query), TASK_SEARCH, before)
+    assert "a sentinel's score differs" in attacked.logs.since_mark("gateway")
+    before = state(attacked, TASK_SEARCH)
+    assert_refused(attacked, verify_subject(attacked, subject, query), TASK_SEARCH, before)
+
+
+def test_the_same_forgery_of_a_face_score_passes_the_other_checks(attacked: Attacked, planted):
+    """Why sentinels: a forged face score inside [-1, 1] passes every check that does not know the
+    true score. Only sentinels catch such a lie, with the odds in docs/encrypted-search.md."""
+    (_, _, query), (bob, _, _) = attacked.people[:2]
+    ((block_no, slot),) = attacked.query(
+        "SELECT t.block_no, t.slot FROM templates t JOIN subjects s ON s.id = t.subject_id"
+        f" WHERE s.name = '{bob}'"
+    )
+    attacked.lie("honest")
+    honest = verify_subject(attacked, bob, query).json()["similarity"]
+    attacked.lie(f"shift {block_no} {slot}")
+    forged = attacked.post(f"/v1/galleries/{GALLERY}/subjects/{bob}/verify", image=query)
+    attacked.lie("honest")
+    assert forged.status_code == 200, forged.text
+    assert forged.json()["similarity"] == pytest.approx(honest + 0.3, abs=1e-3)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from veilface.crypto.keyfiles import QUEUE_KEY, TASK_KEY
+from veilface.crypto.keyfiles import QUEUE_KEY, SENTINEL_KEY, TASK_KEY
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +97,11 @@ class Settings:
     read_top_k_max: int = 5
     #: Most faces of one image searched in a gallery; the others are listed, not searched (0: all).
     max_faces_per_request: int = 10
+    #: Hidden sentinel templates a full block carries on average (0: none): each slot of a block
+    #: is a sentinel with probability this / block capacity (8192), chosen with the gateway's
+    #: secret ``sentinel.key``. A matcher answer that alters a sentinel's score is refused; see
+    #: docs/encrypted-search.md for the odds per forged value.
+    sentinels_per_block: int = 512
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -145,6 +150,11 @@ class Settings:
     def task_key_path(self) -> Path:
         """HMAC key signing every task message: gateway, embedders and he-matchers."""
         return self.keys_path / TASK_KEY
+
+    @property
+    def sentinel_key_path(self) -> Path:
+        """AES key sealing the sentinels' seeds and choosing their slots: the gateway only."""
+        return self.keys_path / SENTINEL_KEY
 
     @property
     def models_path(self) -> Path:

@@ -68,7 +68,7 @@ def rotate_keys(
     try:
         new = generate(staging)
         with session_scope(sessions) as session:
-            dropped = session.scalar(select(func.count(Template.id))) or 0
+            dropped = session.scalar(select(func.count(Template.subject_id))) or 0  # not sentinels
             subjects = session.scalar(select(func.count(func.distinct(Template.subject_id)))) or 0
             session.execute(delete(BlockCiphertext))
             session.execute(delete(Block))

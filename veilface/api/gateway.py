@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flask
@@ -46,6 +46,7 @@ from veilface.messaging.messages import (
 )
 from veilface.models.registry import ModelRegistry
 from veilface.search import checks, ranking, routing
+from veilface.search import sentinels as sentinel_checks
 from veilface.search.checks import ShardPlan
 from veilface.search.repository import block_refs
 from veilface.search.results import ScoreResult
@@ -53,6 +54,7 @@ from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.store.models import AuditEntry, Gallery
 from veilface.store.presence import MATCHER, live_workers
+from veilface.store.sentinels import SentinelKeeper, live_positions
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 Decrypted = list[tuple[ScoreResult, np.ndarray]]
 #: ``(block_no, slot)`` of every live template and its owner.
 Owners = dict[tuple[int, int], store.SlotOwner]
+#: ``(block_no, slot) -> true score`` of the sentinels of a gallery against one probe.
+Expected = Mapping[tuple[int, int], float]
 #: The reason given for a face past ``max_faces_per_request`` usable ones: listed, not searched.
 NOT_SEARCHED = "not_searched"
 
@@ -104,6 +108,7 @@ class Gateway:
         self.transport = transport
         self.registry = ModelRegistry(settings)
         self.limits = Limits.from_settings(settings)
+        self.sentinel_keeper = SentinelKeeper.from_settings(settings)
         self._foreign_seen: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -125,6 +130,7 @@ class Gateway:
         active = self.registry.active().version
         results = []
         for img in images:
+            self._top_up_sentinels(gallery_id, active)
             request = EnrollRequest(
                 gallery_id,
                 subject_name,
@@ -138,6 +144,7 @@ class Gateway:
             results.append(
                 EnrollResult.from_message(self.transport.call(TASK_ENROLL, [message], EMBED_QUEUE))
             )
+        self._top_up_sentinels(gallery_id, results[-1].model_version)
         self._maybe_compact(gallery_id, results[-1].model_version)
         return {
             "subject": subject_name,
@@ -146,6 +153,15 @@ class Gateway:
             "faces": [r.face.as_dict() for r in results],
             "model_version": results[-1].model_version,
         }
+
+    def _top_up_sentinels(self, gallery_id: int, model_version: str) -> None:
+        """Add the sentinels due at the gallery's next positions (before and after each enrollment,
+        so a sentinel may come on either side of a face); a failure is logged, not returned."""
+        try:
+            with self.session() as session:
+                self.sentinel_keeper.top_up(session, gallery_id, model_version)
+        except (DBAPIError, OSError) as exc:
+            log.warning("sentinels of gallery %d not added: %s", gallery_id, type(exc).__name__)
 
     def _maybe_compact(self, gallery_id: int, model_version: str) -> None:
         """Queue a compaction when the delta is full; the templates are stored already, so a
@@ -165,13 +181,19 @@ class Gateway:
     # -- search -----------------------------------------------------------------------
 
     def probes(
-        self, image: bytes, *, as_template: bool = False, projection: str | None = None
+        self,
+        image: bytes,
+        *,
+        as_template: bool = False,
+        projection: str | None = None,
+        sentinels: Sequence[sentinel_checks.SentinelRef] = (),
     ) -> list[Probe]:
         """Detect every face of ``image`` and encrypt a probe for each usable one, the main face first.
 
         ``as_template`` encrypts each face in the template layout instead (slot 0), for a
         1:1 comparison of two photos; ``projection`` is the searched gallery's
-        compact-template projection, if it has one.
+        compact-template projection, if it has one; each probe carries back the sealed true
+        scores of ``sentinels`` (:meth:`watched_probes`).
         """
         request = ProbeRequest(
             hashlib.sha256(image).hexdigest(),
@@ -180,12 +202,26 @@ class Gateway:
             model_version=self.registry.active().version,
             projection=projection,
         )
-        faces = self.transport.call(
-            TASK_PROBE, [self.transport.sealed(request, image).to_message()], EMBED_QUEUE
-        )
+        request = self.transport.sealed(request, image)
+        seeds = [ref.seed for ref in sentinels]
+        sealed_seeds = sentinel_checks.seal_seeds(self.transport.sealer, request.binding(), seeds)
+        request = replace(request, sealed_sentinels=sealed_seeds)
+        faces = self.transport.call(TASK_PROBE, [request.to_message()], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
-    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> tuple[Decrypted, Owners]:
+    def watched_probes(
+        self, gallery_id: int, image: bytes, projection: str | None
+    ) -> tuple[list[Probe], list[Expected]]:
+        """The probes of ``image`` for a search of the gallery, and for each (by probe index) the
+        true scores of the gallery's sentinels, which the embedder computed and sealed."""
+        with self.session() as session:
+            refs = self.sentinel_keeper.roster(session, gallery_id, self.registry.active().version)
+        probes = self.probes(image, projection=projection, sentinels=refs)
+        return probes, sentinel_checks.expected_per_probe(self.transport.sealer, probes, refs)
+
+    def _scatter(
+        self, gallery_id: int, model_version: str, probe: str, sentinels: Expected | None = None
+    ) -> tuple[Decrypted, Owners]:
         """Score ``probe`` on every shard and decrypt the checked answers, with the owners of the
         live slots read after the answers came; any missing or refused shard fails the search.
 
@@ -214,19 +250,22 @@ class Gateway:
             plan = ShardPlan(name, dim, frozenset(blocks))
             pending.append((plan, self.transport.send(TASK_SEARCH, [request.to_message()], queues[name])))
         answers = [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
-        return self._checked_search(gallery_id, model_version, answers)
+        return self._checked_search(gallery_id, model_version, answers, sentinels or {})
 
     def _checked_search(
-        self, gallery_id: int, model_version: str, answers: list[tuple[ShardPlan, Any]]
+        self, gallery_id: int, model_version: str, answers: list[tuple[ShardPlan, Any]], sentinels: Expected
     ) -> tuple[Decrypted, Owners]:
         """Decrypt the matchers' answers to one search, refusing all of them if one fails a check.
 
         The slot counter, the block versions and the live templates are read after the answers
-        came, so every template a matcher could have seen counts as allocated.
+        came, so every template a matcher could have seen counts as allocated. ``sentinels``
+        were listed before the search was sent: each one still there must have scored its
+        true score (:func:`veilface.search.sentinels.check_sentinels`).
         """
         with self.session() as session:
             refs = block_refs(session, gallery_id, model_version)
             owners = store.slot_owners(session, gallery_id, model_version)
+            live = live_positions(session, gallery_id, model_version)
             state = checks.GalleryState.of(
                 store.slots_allocated(session, gallery_id, model_version),
                 {block_no: ref.version for block_no, ref in refs.items()},
@@ -241,12 +280,17 @@ class Gateway:
                     raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
                 checks.check_shard_answer(plan, answer.scores, state, capacity)
                 layout = BlockLayout(self.keys.slots, plan.dim)
+                shard, tolerances = [], {}
                 for result in answer.scores:
                     allowed, tolerance = checks.expected_lanes(result, state, capacity)
                     vector = self.keys.decrypt_scores(result.ciphertext, result.source)
                     what = f"block {result.block_no} ({result.source})"
                     checks.check_scores(layout, vector, allowed, tolerance, what)
-                    decrypted.append((result, vector))
+                    shard.append((result, vector))
+                    tolerances[result.block_no, result.source] = tolerance
+                mine = {at: score for at, score in sentinels.items() if at in live and at[0] in plan.blocks}
+                sentinel_checks.check_sentinels(shard, mine, tolerances, self.keys.slots)
+                decrypted.extend(shard)
         return decrypted, owners
 
     @contextlib.contextmanager
@@ -293,10 +337,17 @@ class Gateway:
         return [w for w in workers if w.key_fingerprint == self.keys.fingerprint]
 
     def search(
-        self, gallery_id: int, model_version: str, probe: str, top_k: int, subject_filter: str | None = None
+        self,
+        gallery_id: int,
+        model_version: str,
+        probe: str,
+        top_k: int,
+        subject_filter: str | None = None,
+        sentinels: Expected | None = None,
     ) -> list[Candidate]:
-        """Top-``top_k`` subjects for an encrypted probe (best template per subject)."""
-        decrypted, owners = self._scatter(gallery_id, model_version, probe)
+        """Top-``top_k`` subjects for an encrypted probe (best template per subject); ``sentinels``
+        are the true scores of the gallery's sentinels for it (:meth:`watched_probes`)."""
+        decrypted, owners = self._scatter(gallery_id, model_version, probe, sentinels)
         live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
         ranked = ranking.top_k(decrypted, live, top_k, self.keys.slots)
         return [Candidate(subject, round(similarity, 6)) for subject, similarity in ranked]
@@ -313,13 +364,15 @@ class Gateway:
             gallery = store.get_gallery(session, gallery_name)
             gallery_id, projection = gallery.id, gallery.projection
         faces = []
-        probes = self.probes(image, projection=projection)
-        for probe, searched in zip(probes, self._searched(probes), strict=True):
+        probes, expected = self.watched_probes(gallery_id, image, projection)
+        for probe, searched, sentinels in zip(probes, self._searched(probes), expected, strict=True):
             if not searched:
                 faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason or NOT_SEARCHED))
                 continue
             cut = self.threshold(probe.model_version) if threshold is None else threshold
-            candidates = self.search(gallery_id, probe.model_version, probe.ciphertext, top_k)
+            candidates = self.search(
+                gallery_id, probe.model_version, probe.ciphertext, top_k, sentinels=sentinels
+            )
             match = candidates[0].subject if candidates and candidates[0].similarity >= cut else None
             faces.append(IdentifiedFace(*_box(probe), candidates, match))
         return faces
@@ -339,8 +392,11 @@ class Gateway:
             gallery = store.get_gallery(session, gallery_name)
             store.get_subject(session, gallery, subject_name)
             gallery_id, projection = gallery.id, gallery.projection
-        probe = self._single_probe(image, projection=projection)
-        candidates = self.search(gallery_id, probe.model_version, probe.ciphertext, 1, subject_name)
+        probes, expected = self.watched_probes(gallery_id, image, projection)
+        probe = _main_probe(probes)
+        candidates = self.search(
+            gallery_id, probe.model_version, probe.ciphertext, 1, subject_name, expected[0]
+        )
         if not candidates:
             raise errors.UnknownSubject(
                 f"subject {subject_name!r} has no template made by model {probe.model_version}"
@@ -371,13 +427,7 @@ class Gateway:
     def _single_probe(
         self, image: bytes, *, as_template: bool = False, projection: str | None = None
     ) -> Probe:
-        probes = self.probes(image, as_template=as_template, projection=projection)
-        if not probes:
-            raise errors.NoFace()
-        main = probes[0]  # the embedder lists the main face first
-        if main.ciphertext is None:
-            raise errors.PoorQuality(main.quality_reason)
-        return main
+        return _main_probe(self.probes(image, as_template=as_template, projection=projection))
 
     def _decision(self, similarity: float, model_version: str) -> dict:
         cut = self.threshold(model_version)
@@ -397,8 +447,8 @@ class Gateway:
             template, _subject = store.get_live_template(session, gallery, template_id)
             gallery_id, version, slot = gallery.id, template.model_version, (template.block_no, template.slot)
         scored = []
-        probes = self.probes(image)
-        for probe, searched in zip(probes, self._searched(probes), strict=True):
+        probes, expected = self.watched_probes(gallery_id, image, None)
+        for probe, searched, sentinels in zip(probes, self._searched(probes), expected, strict=True):
             if not searched:
                 scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
                 continue
@@ -407,13 +457,15 @@ class Gateway:
                     f"template {template_id} was made by model {version}, probes by {probe.model_version}; "
                     "re-enroll the subject"
                 )
-            similarity = self._slot_similarity(gallery_id, version, probe.ciphertext, slot)
+            similarity = self._slot_similarity(gallery_id, version, probe.ciphertext, slot, sentinels)
             scored.append(FaceScore(probe.face, similarity))
         return scored
 
-    def _slot_similarity(self, gallery_id: int, version: str, probe: str, slot: tuple[int, int]) -> float:
+    def _slot_similarity(
+        self, gallery_id: int, version: str, probe: str, slot: tuple[int, int], sentinels: Expected
+    ) -> float:
         """Decrypted similarity of ``probe`` to the template in ``(block_no, slot)``."""
-        decrypted, _ = self._scatter(gallery_id, version, probe)
+        decrypted, _ = self._scatter(gallery_id, version, probe, sentinels)
         ranked = ranking.top_k(decrypted, {slot: "template"}, 1, self.keys.slots)
         if not ranked:
             raise errors.NotFound("the template was deleted while it was being compared")
@@ -429,6 +481,16 @@ class Gateway:
                 continue
             scored.append(FaceScore(face.face, self._pair_similarity(first, face)))
         return first.face, scored
+
+
+def _main_probe(probes: list[Probe]) -> Probe:
+    """The main face's probe (the embedder lists it first); ``NoFace`` or ``PoorQuality`` if none."""
+    if not probes:
+        raise errors.NoFace()
+    main = probes[0]
+    if main.ciphertext is None:
+        raise errors.PoorQuality(main.quality_reason)
+    return main
 
 
 def _box(probe: Probe) -> tuple[list[float], float]:

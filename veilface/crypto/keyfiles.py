@@ -2,7 +2,9 @@
 
 ``queue.key`` seals images on the embed queue (:mod:`veilface.crypto.sealing`): gateway and embedders.
 ``task.key`` signs every task message (:mod:`veilface.messaging.signing`): gateway, embedders and
-he-matchers. Both are 256-bit random keys, written once (mode 0600) by ``veilface keys init``.
+he-matchers. ``sentinel.key`` seals the seeds of the hidden sentinel templates in the database
+(:mod:`veilface.store.sentinels`) and picks their slots: the gateway only. All are 256-bit random
+keys, written once (mode 0600) by ``veilface keys init``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from veilface import errors
 
 QUEUE_KEY = "queue.key"
 TASK_KEY = "task.key"
+SENTINEL_KEY = "sentinel.key"
+#: The symmetric keys, each written by :func:`generate_message_keys`.
+SYMMETRIC_KEYS = (QUEUE_KEY, TASK_KEY, SENTINEL_KEY)
 #: Every key file of a deployment, as rotation and backup handle them.
-KEY_FILES = ("public.ctx", "secret.ctx", QUEUE_KEY, TASK_KEY)
+KEY_FILES = ("public.ctx", "secret.ctx", *SYMMETRIC_KEYS)
 
 
 def generate_message_keys(folder: Path) -> None:
-    """Write a fresh ``queue.key`` and ``task.key`` into ``folder``, each unless it exists."""
+    """Write a fresh ``queue.key``, ``task.key`` and ``sentinel.key`` into ``folder``, each unless it
+    exists."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (QUEUE_KEY, TASK_KEY):
+    for name in SYMMETRIC_KEYS:
         path = folder / name
         if path.exists():
             continue

@@ -55,21 +55,30 @@ class PayloadSealer:
 
     def seal(self, image: bytes, binding: ImageBinding) -> bytes:
         """``image`` encrypted and authenticated together with ``binding``."""
+        return self.seal_data(image, binding.associated_data())
+
+    def seal_data(self, data: bytes, associated: bytes) -> bytes:
+        """``data`` encrypted and authenticated together with ``associated`` (any bytes)."""
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, image, binding.associated_data())
+        return nonce + self._aead.encrypt(nonce, data, associated)
+
+    def open_data(self, sealed: bytes, associated: bytes, what: str = "a sealed payload") -> bytes:
+        """What :meth:`seal_data` sealed with exactly ``associated``; ``MessageRefused`` (naming
+        ``what``) otherwise."""
+        nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+        try:
+            return self._aead.decrypt(nonce, ciphertext, associated)
+        except (InvalidTag, ValueError) as exc:
+            raise errors.MessageRefused(
+                f"{what} failed authentication (sealed for another task, or another queue key)"
+            ) from exc
 
     def open(self, sealed: bytes, binding: ImageBinding, *, now: float | None = None) -> bytes:
         """The image sealed under exactly ``binding``; ``MessageRefused`` if it expired, was
         sealed for anything else or with another key, or does not hash to ``binding.image_sha256``."""
         if binding.expires < (time.time() if now is None else now):
             raise errors.MessageRefused("the sealed image expired")
-        nonce, ciphertext = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
-        try:
-            image = self._aead.decrypt(nonce, ciphertext, binding.associated_data())
-        except (InvalidTag, ValueError) as exc:
-            raise errors.MessageRefused(
-                "the sealed image failed authentication (sealed for another task, or another queue key)"
-            ) from exc
+        image = self.open_data(sealed, binding.associated_data(), "the sealed image")
         if hashlib.sha256(image).hexdigest() != binding.image_sha256:
             raise errors.MessageRefused("the sealed image does not match the image hash of its task")
         return image

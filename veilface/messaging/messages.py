@@ -89,6 +89,9 @@ class Probe:
     model_version: str
     ciphertext: str | None
     quality_reason: str | None = None
+    #: The true scores of the sentinels sent with the request, sealed to this probe
+    #: (:func:`veilface.search.sentinels.seal_scores`); ``None`` when none were sent.
+    sentinel_scores: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +103,7 @@ class Probe:
             model_version=msg["model_version"],
             ciphertext=msg["ciphertext"],
             quality_reason=msg.get("quality_reason"),
+            sentinel_scores=msg.get("sentinel_scores"),
         )
 
 
@@ -144,7 +148,9 @@ class ProbeRequest:
     """Encrypt a probe for every face of one image (``as_template``: in the template layout).
 
     ``sealed_image``, ``image_sha256`` and ``expires`` as for :class:`EnrollRequest`;
-    ``projection`` is the searched gallery's compact-template projection, if it has one.
+    ``projection`` is the searched gallery's compact-template projection, if it has one;
+    ``sealed_sentinels`` the seeds of the searched gallery's sentinels, sealed to :meth:`binding`
+    (:func:`veilface.search.sentinels.seal_seeds`), whose true scores each probe carries back.
     """
 
     image_sha256: str
@@ -153,6 +159,7 @@ class ProbeRequest:
     as_template: bool = False
     model_version: str | None = None
     projection: str | None = None
+    sealed_sentinels: str = ""
 
     def binding(self) -> ImageBinding:
         return ImageBinding(TASK_PROBE, self.image_sha256, self.expires)

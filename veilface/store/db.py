@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, MetaData, create_engine, delete, event, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from veilface import errors
 from veilface.config import Settings
-from veilface.store.models import DEPLOYMENT_KEY_SET, Base, KeySet, Worker
+from veilface.store.models import DEPLOYMENT_KEY_SET, Base, KeySet, Template, Worker
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent.parent / "sql" / "schema.sql"
 
@@ -81,6 +81,7 @@ def create_schema(engine: Engine) -> None:
     with engine.begin() as conn:
         add_block_layout_columns(conn)
         move_legacy_key_set(conn)
+        allow_subjectless_templates(conn)
 
 
 def add_block_layout_columns(conn: Connection) -> None:
@@ -113,6 +114,31 @@ def move_legacy_key_set(conn: Connection) -> None:
             )
         )
     conn.execute(delete(Worker).where(legacy))
+
+
+def allow_subjectless_templates(conn: Connection) -> None:
+    """Let ``templates.subject_id`` be NULL (a sentinel) in a database made before sentinels.
+
+    MySQL/MariaDB change the column in place; SQLite cannot, so its table is rebuilt under the
+    same name, rows and indexes (the documented way: new table, copy, drop, rename).
+    """
+    subject = next(c for c in inspect(conn).get_columns("templates") if c["name"] == "subject_id")
+    if subject["nullable"]:
+        return
+    if conn.dialect.name in ("mysql", "mariadb"):
+        conn.exec_driver_sql("ALTER TABLE templates MODIFY subject_id BIGINT NULL")
+        return
+    table, scratch = Template.__table__, MetaData()
+    for other in Base.metadata.sorted_tables:  # the referenced tables, for the foreign keys
+        other.to_metadata(scratch)
+    rebuilt = table.to_metadata(scratch, name="templates_new")
+    conn.execute(CreateTable(rebuilt))
+    columns = ", ".join(column.name for column in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO templates_new ({columns}) SELECT {columns} FROM templates")
+    conn.exec_driver_sql("DROP TABLE templates")
+    conn.exec_driver_sql("ALTER TABLE templates_new RENAME TO templates")
+    for index in table.indexes:
+        conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def require_schema(engine: Engine, tables: Iterable[str] = Base.metadata.tables) -> None:

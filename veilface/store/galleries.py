@@ -80,7 +80,12 @@ def get_or_create_subject(session: Session, gallery: Gallery, name: str) -> Subj
 def list_galleries(session: Session) -> list[dict]:
     """Every gallery with its subject and template counts."""
     subjects = select(Subject.gallery_id, func.count().label("n")).group_by(Subject.gallery_id).subquery()
-    templates = select(Template.gallery_id, func.count().label("n")).group_by(Template.gallery_id).subquery()
+    templates = (
+        select(Template.gallery_id, func.count().label("n"))
+        .where(Template.subject_id.is_not(None))  # not the hidden sentinels
+        .group_by(Template.gallery_id)
+        .subquery()
+    )
     rows = session.execute(
         select(Gallery.name, Gallery.created_at, subjects.c.n, templates.c.n)
         .outerjoin(subjects, subjects.c.gallery_id == Gallery.id)
@@ -175,7 +180,8 @@ def slots_allocated(session: Session, gallery_id: int, model_version: str) -> in
 
 
 def slot_owners(session: Session, gallery_id: int, model_version: str) -> dict[tuple[int, int], SlotOwner]:
-    """``(block_no, slot) -> owner`` for every live template; tombstoned slots are absent."""
+    """``(block_no, slot) -> owner`` for every live template; tombstoned slots and sentinels (no
+    subject) are absent."""
     rows = session.execute(
         select(Template.block_no, Template.slot, Template.id, Subject.name)
         .join(Subject, Subject.id == Template.subject_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    VARBINARY,
     BigInteger,
     DateTime,
     Enum,
@@ -76,7 +77,11 @@ class SlotCounter(Base):
 
 
 class Template(Base):
-    """One enrolled face. ``ciphertext`` is its delta ciphertext until compaction packs it."""
+    """One enrolled face. ``ciphertext`` is its delta ciphertext until compaction packs it.
+
+    A row with no subject is a hidden sentinel (:class:`Sentinel`): stored, searched and
+    compacted like any template, never a candidate.
+    """
 
     __tablename__ = "templates"
     __table_args__ = (
@@ -89,7 +94,9 @@ class Template(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), nullable=False)
-    subject_id: Mapped[int] = mapped_column(ForeignKey("subjects.id", ondelete="CASCADE"), nullable=False)
+    subject_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), nullable=True
+    )
     model_version: Mapped[str] = mapped_column(String(64), nullable=False)
     image_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     block_no: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -121,6 +128,18 @@ class Block(Base):
     #: ``g`` of a layout-2 block; NULL for layout 1 (which searches as ``g = dim``).
     baby_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow, nullable=False)
+
+
+class Sentinel(Base):
+    """A sentinel template: the seed of its random unit vector, sealed with the gateway-only
+    ``sentinel.key`` (:mod:`veilface.store.sentinels`)."""
+
+    __tablename__ = "sentinels"
+
+    template_id: Mapped[int] = mapped_column(
+        ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    sealed_seed: Mapped[bytes] = mapped_column(VARBINARY(128), nullable=False)
 
 
 class BlockCiphertext(Base):

@@ -4,8 +4,11 @@ Only the migration (``veilface db migrate``, run with an administrator's URL) ch
 The gateway may read and write every table but may not rewrite the audit log or delete the
 deployment's key set; an embedder adds subjects and delta templates; an he-matcher folds delta
 templates into packed blocks. Neither worker can read or write ``api_keys`` or ``audit_log``, nor
-change ``key_sets`` (they read it), and no service has a DDL right. Column lists
-narrow updates further: a matcher may change a template's state and ciphertext, never its subject.
+change ``key_sets`` (they read it), and no service has a DDL right. Column lists narrow updates
+further: a matcher may change a template's state and ciphertext, never its subject; and reads: a
+matcher sees a template's position, state and ciphertext only, never its subject, image hash or
+time, so it cannot tell a hidden sentinel (a template with no subject) from an enrolled face, and it
+holds no right on ``sentinels`` (the embedder neither: only the gateway reads the seeds).
 SQLite has no accounts: there every process holds every right (the embedded defaults).
 
 Checked on MariaDB 10.11 (the tests' and the compose file's server). MySQL 8.0.22 and later also
@@ -42,7 +45,10 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "key_sets": KEY_SET_READER,
     },
     "matcher": {
-        "templates": ("SELECT", "UPDATE (state, ciphertext)"),
+        "templates": (
+            "SELECT (id, gallery_id, model_version, block_no, slot, state, ciphertext)",
+            "UPDATE (state, ciphertext)",
+        ),
         "blocks": ("SELECT", "INSERT", "UPDATE (version, filled, updated_at)"),
         "block_ciphertexts": ("SELECT", "INSERT", "DELETE"),
         "workers": HEARTBEAT,

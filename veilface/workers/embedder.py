@@ -38,6 +38,7 @@ from veilface.messaging.messages import (
 )
 from veilface.models.registry import ModelRegistry, ModelVersion
 from veilface.search.layout import place
+from veilface.search.sentinels import open_seeds, sealed_true_scores
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
 from veilface.store.models import Gallery, Template
@@ -260,14 +261,22 @@ def probe(message: dict) -> list[dict] | dict:
 
     try:
         templated = [state.active.templated(face.embedding, projection) for face in faces]
+        seeds = open_seeds(state.sealer, request.binding(), request.sealed_sentinels)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
+    ciphertexts = [
+        None if face.quality_reason else encrypt(vector)
+        for face, (_, vector) in zip(faces, templated, strict=True)
+    ]
+    vectors = [vector for _, vector in templated]
+    scores = sealed_true_scores(state.sealer, seeds, ciphertexts, vectors)
     return [
         Probe(
             face=FaceBox(face.box, face.score),
             model_version=version,
-            ciphertext=None if face.quality_reason else encrypt(vector),
+            ciphertext=ciphertext,
             quality_reason=face.quality_reason,
+            sentinel_scores=sealed,
         ).to_message()
-        for face, (version, vector) in zip(faces, templated, strict=True)
+        for face, (version, _), ciphertext, sealed in zip(faces, templated, ciphertexts, scores, strict=True)
     ]
