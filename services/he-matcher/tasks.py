@@ -24,6 +24,7 @@ from veilface.messaging.messages import (
     TASK_PAIR,
     TASK_SEARCH,
     ScoreAnswer,
+    SearchAnswer,
     SearchRequest,
     b64decode,
     error_payload,
@@ -62,24 +63,6 @@ def _shard(gallery_id: int, model_version: str, dim: int) -> Shard:
     return shard
 
 
-def _search_request(message: object) -> SearchRequest:
-    """Parse a search message; anything malformed is refused in one log line, not a traceback."""
-    try:
-        request = SearchRequest.from_message(message)
-    except TypeError:
-        raise errors.BadRequest("malformed search message") from None
-    well_typed = (
-        isinstance(request.gallery_id, int)
-        and isinstance(request.model_version, str)
-        and isinstance(request.probe, str)
-        and isinstance(request.blocks, list)
-        and all(isinstance(b, int) for b in request.blocks)
-    )
-    if not well_typed:
-        raise errors.BadRequest("malformed search message")
-    return request
-
-
 def _ciphertext(text: object) -> tuple[bytes, int]:
     """Bytes and template dimension of a base64 ciphertext; refused unless the keys serve it."""
     if not isinstance(text, str):
@@ -95,15 +78,15 @@ def _ciphertext(text: object) -> tuple[bytes, int]:
 
 @app.task(name=TASK_SEARCH, bind=True, **TASK_OPTIONS)
 def search(self, message: dict) -> dict:
-    """Score one probe on the blocks (packed and delta) the gateway assigned to this worker."""
+    """Score the probes of one image on the blocks (packed and delta) the gateway assigned to this worker."""
     try:
-        request = _search_request(message)
-        probe, dim = _ciphertext(request.probe)
-        shard = _shard(request.gallery_id, request.model_version, dim)
+        request = SearchRequest.from_message(message, settings.max_faces_per_request or None)
+        blobs, dims = zip(*map(_ciphertext, request.probes), strict=True)
+        shard = _shard(request.gallery_id, request.model_version, dims[0])
         shard.assign(request.blocks)
         with session_scope(runtime.sessions) as session:
             shard.refresh(session)
-        return ScoreAnswer(self.request.hostname, tuple(shard.search(probe))).to_message()
+        return SearchAnswer.of(self.request.hostname, blobs, shard.search_batch(blobs)).to_message()
     except errors.VeilfaceError as exc:
         log.warning("search refused: %s", exc.message)
         return error_payload(exc)

@@ -47,9 +47,11 @@ from veilface.messaging.messages import (
     Probe,
     ProbeRequest,
     ScoreAnswer,
+    SearchAnswer,
     SearchRequest,
     b64decode,
     b64encode,
+    probe_digest,
     raise_for_error,
 )
 from veilface.messaging.signing import TaskSigner
@@ -250,21 +252,25 @@ class Gateway:
         faces = self._call(TASK_PROBE, [self._sealed(request, image).to_message()], EMBED_QUEUE)
         return [Probe.from_message(f) for f in faces]
 
-    def _scatter(self, gallery_id: int, model_version: str, probe: str) -> tuple[Decrypted, Owners]:
-        """Score ``probe`` on every shard and decrypt the checked answers, with the owners of the
-        live slots read after the answers came; any missing or refused shard fails the search.
+    def _scatter(
+        self, gallery_id: int, model_version: str, probes: list[str]
+    ) -> tuple[list[Decrypted], Owners]:
+        """Score ``probes`` (the faces of one image) on every shard, one message per shard, and
+        decrypt the checked answers (a list per probe), with the owners of the live slots read
+        after the answers came; any missing or refused shard fails the search.
 
         Each block number (its packed block and its delta) goes to one live matcher by
         rendezvous hashing, so a gallery is spread over all matchers and a new matcher
         takes over only its share. The gateway keeps that plan and decrypts only answers
         that fit it (:meth:`_checked_search`).
         """
-        dim = peek_dim(b64decode(probe))
+        digests = tuple(probe_digest(b64decode(probe)) for probe in probes)
+        dim = peek_dim(b64decode(probes[0]))
         with self.session() as session:
             block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
             matchers = self._own_matchers(live_workers(session, MATCHER, self.settings.worker_ttl_s))
         if not block_nos:
-            return [], {}
+            return [[] for _ in probes], {}
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
         queues = {w.name: w.queue for w in matchers}
@@ -275,16 +281,17 @@ class Gateway:
         for name, blocks in assignment.items():
             if not blocks:
                 continue
-            request = SearchRequest(gallery_id, model_version, probe, blocks)
-            plan = ShardPlan(name, dim, frozenset(blocks))
+            request = SearchRequest(gallery_id, model_version, probes, blocks)
+            plan = ShardPlan(name, dim, frozenset(blocks), digests)
             pending.append((plan, self._send(TASK_SEARCH, [request.to_message()], queues[name])))
         answers = [(plan, self._wait(result, TASK_SEARCH)) for plan, result in pending]
-        return self._checked_search(gallery_id, model_version, answers)
+        return self._checked_search(gallery_id, model_version, len(probes), answers)
 
     def _checked_search(
-        self, gallery_id: int, model_version: str, answers: list[tuple[ShardPlan, Any]]
-    ) -> tuple[Decrypted, Owners]:
-        """Decrypt the matchers' answers to one search, refusing all of them if one fails a check.
+        self, gallery_id: int, model_version: str, probes: int, answers: list[tuple[ShardPlan, Any]]
+    ) -> tuple[list[Decrypted], Owners]:
+        """Decrypt the matchers' answers to one search of ``probes`` probes (a list per probe),
+        refusing all of them if one part of one answer fails a check.
 
         The slot counter, the block versions and the live templates are read after the answers
         came, so every template a matcher could have seen counts as allocated.
@@ -298,20 +305,22 @@ class Gateway:
                 owners,
             )
         capacity = 2 * self.keys.slots
-        decrypted = []
+        decrypted: list[Decrypted] = [[] for _ in range(probes)]
         for plan, message in answers:
             with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
-                answer = ScoreAnswer.from_message(message)
+                answer = SearchAnswer.from_message(message)
                 if answer.worker != plan.worker:
                     raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
-                checks.check_shard_answer(plan, answer.scores, state, capacity)
+                checks.check_probe_parts(plan, [part.probe_sha256 for part in answer.probes])
                 layout = BlockLayout(self.keys.slots, plan.dim)
-                for result in answer.scores:
-                    allowed, tolerance = checks.expected_lanes(result, state, capacity)
-                    vector = self.keys.decrypt_scores(result.ciphertext, result.source)
-                    what = f"block {result.block_no} ({result.source})"
-                    checks.check_scores(layout, vector, allowed, tolerance, what)
-                    decrypted.append((result, vector))
+                for part, found in zip(answer.probes, decrypted, strict=True):
+                    checks.check_shard_answer(plan, part.scores, state, capacity)
+                    for result in part.scores:
+                        allowed, tolerance = checks.expected_lanes(result, state, capacity)
+                        vector = self.keys.decrypt_scores(result.ciphertext, result.source)
+                        what = f"block {result.block_no} ({result.source})"
+                        checks.check_scores(layout, vector, allowed, tolerance, what)
+                        found.append((result, vector))
         return decrypted, owners
 
     @contextlib.contextmanager
@@ -358,36 +367,54 @@ class Gateway:
         return [w for w in workers if w.key_fingerprint == self.keys.fingerprint]
 
     def search(
-        self, gallery_id: int, model_version: str, probe: str, top_k: int, subject_filter: str | None = None
-    ) -> list[Candidate]:
-        """Top-``top_k`` subjects for an encrypted probe (best template per subject)."""
-        decrypted, owners = self._scatter(gallery_id, model_version, probe)
+        self,
+        gallery_id: int,
+        model_version: str,
+        probes: list[str],
+        top_k: int,
+        subject_filter: str | None = None,
+    ) -> list[list[Candidate]]:
+        """Top-``top_k`` subjects for each encrypted probe (best template per subject), all
+        probes in one batched search."""
+        decrypted, owners = self._scatter(gallery_id, model_version, probes)
         live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
-        ranked = ranking.top_k(decrypted, live, top_k, self.keys.slots)
-        return [Candidate(subject, round(similarity, 6)) for subject, similarity in ranked]
+        ranked = (ranking.top_k(found, live, top_k, self.keys.slots) for found in decrypted)
+        return [[Candidate(subject, round(similarity, 6)) for subject, similarity in r] for r in ranked]
 
     def identify(
         self, gallery_name: str, image: bytes, *, top_k: int, threshold: float | None
     ) -> list[IdentifiedFace]:
         """Every face of ``image`` with its top candidates and the decision.
 
-        At most ``max_faces_per_request`` usable faces are searched, the main face first; the
-        others are listed with no candidate and the reason :data:`NOT_SEARCHED`.
+        At most ``max_faces_per_request`` usable faces are searched, the main face first, all in
+        one batched search; the others are listed with no candidate and the reason :data:`NOT_SEARCHED`.
         """
         with self.session() as session:
             gallery = store.get_gallery(session, gallery_name)
             gallery_id, projection = gallery.id, gallery.projection
         faces = []
         probes = self.probes(image, projection=projection)
+        found = iter(self._search_faces(gallery_id, probes, top_k))
         for probe, searched in zip(probes, self._searched(probes), strict=True):
             if not searched:
                 faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason or NOT_SEARCHED))
                 continue
             cut = self.threshold(probe.model_version) if threshold is None else threshold
-            candidates = self.search(gallery_id, probe.model_version, probe.ciphertext, top_k)
+            candidates = next(found)
             match = candidates[0].subject if candidates and candidates[0].similarity >= cut else None
             faces.append(IdentifiedFace(*_box(probe), candidates, match))
         return faces
+
+    def _search_faces(self, gallery_id: int, probes: list[Probe], top_k: int) -> list[list[Candidate]]:
+        """The candidates of each searched probe (:meth:`_searched`), in order, in one batched search.
+
+        The probes of one image share their model version (the embedder makes them all with the
+        version the gateway asked for).
+        """
+        batch = [probe for probe, searched in zip(probes, self._searched(probes), strict=True) if searched]
+        if not batch:
+            return []
+        return self.search(gallery_id, batch[0].model_version, [p.ciphertext for p in batch], top_k)
 
     def _searched(self, probes: list[Probe]) -> list[bool]:
         """Which probes are searched: the usable ones, the first ``max_faces_per_request`` of them."""
@@ -405,7 +432,7 @@ class Gateway:
             store.get_subject(session, gallery, subject_name)
             gallery_id, projection = gallery.id, gallery.projection
         probe = self._single_probe(image, projection=projection)
-        candidates = self.search(gallery_id, probe.model_version, probe.ciphertext, 1, subject_name)
+        (candidates,) = self.search(gallery_id, probe.model_version, [probe.ciphertext], 1, subject_name)
         if not candidates:
             raise errors.UnknownSubject(
                 f"subject {subject_name!r} has no template made by model {probe.model_version}"
@@ -463,26 +490,36 @@ class Gateway:
             gallery_id, version, slot = gallery.id, template.model_version, (template.block_no, template.slot)
         scored = []
         probes = self.probes(image)
-        for probe, searched in zip(probes, self._searched(probes), strict=True):
-            if not searched:
-                scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
-                continue
+        batch = [probe for probe, searched in zip(probes, self._searched(probes), strict=True) if searched]
+        for probe in batch:
             if probe.model_version != version:
                 raise errors.Conflict(
                     f"template {template_id} was made by model {version}, probes by {probe.model_version}; "
                     "re-enroll the subject"
                 )
-            similarity = self._slot_similarity(gallery_id, version, probe.ciphertext, slot)
-            scored.append(FaceScore(probe.face, similarity))
+        similarities = iter(self._slot_similarities(gallery_id, version, [p.ciphertext for p in batch], slot))
+        for probe, searched in zip(probes, self._searched(probes), strict=True):
+            if not searched:
+                scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
+                continue
+            scored.append(FaceScore(probe.face, next(similarities)))
         return scored
 
-    def _slot_similarity(self, gallery_id: int, version: str, probe: str, slot: tuple[int, int]) -> float:
-        """Decrypted similarity of ``probe`` to the template in ``(block_no, slot)``."""
-        decrypted, _ = self._scatter(gallery_id, version, probe)
-        ranked = ranking.top_k(decrypted, {slot: "template"}, 1, self.keys.slots)
-        if not ranked:
-            raise errors.NotFound("the template was deleted while it was being compared")
-        return ranked[0][1]
+    def _slot_similarities(
+        self, gallery_id: int, version: str, probes: list[str], slot: tuple[int, int]
+    ) -> list[float]:
+        """Decrypted similarity of each of ``probes`` to the template in ``(block_no, slot)``, in
+        one batched search."""
+        if not probes:
+            return []
+        decrypted, _ = self._scatter(gallery_id, version, probes)
+        similarities = []
+        for found in decrypted:
+            ranked = ranking.top_k(found, {slot: "template"}, 1, self.keys.slots)
+            if not ranked:
+                raise errors.NotFound("the template was deleted while it was being compared")
+            similarities.append(ranked[0][1])
+        return similarities
 
     def compare(self, source: bytes, target: bytes) -> tuple[FaceBox, list[FaceScore]]:
         """The main face of ``source`` against every face of ``target``, under encryption."""
