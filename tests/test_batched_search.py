@@ -12,16 +12,19 @@ repeated and two swapped probe answers) are refused like every other lie of
 from __future__ import annotations
 
 import re
+import uuid
 
 import numpy as np
 import pytest
 import requests
 from sqlalchemy import insert
 
+from tests.conftest import MYSQL_HOST
 from tests.mosaic import mosaic
 from tests.test_malicious_matcher import GALLERY, Attacked, assert_refused, identify, state
 from tests.test_malicious_matcher import attacked as attacked  # the lying matcher's stack
 from veilface import errors
+from veilface.api.compreface import image_id_for
 from veilface.config import load_settings
 from veilface.crypto.layout import BlockLayout
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
@@ -37,6 +40,7 @@ from veilface.search import checks
 from veilface.search.checks import ForgedAnswer, ShardPlan
 from veilface.search.packer import import_block
 from veilface.search.shard import Shard
+from veilface.store.apikeys import create_api_key
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, Subject, Template
 
@@ -240,11 +244,32 @@ def test_one_bad_probe_fails_the_whole_batch(keys, gallery):
 # -- the real stack, with the lying matcher ----------------------------------------------------
 
 
+def _mosaic(attacked: Attacked) -> bytes:
+    """The other photo of each enrolled person, side by side in one image (one row of tiles)."""
+    return mosaic([query for _, _, query in attacked.people], columns=len(attacked.people))
+
+
 def identify_mosaic(attacked: Attacked) -> requests.Response:
-    """Identify the other photo of each enrolled person, side by side in one image."""
-    image = mosaic([query for _, _, query in attacked.people], columns=len(attacked.people))
     url = f"{attacked.stack.url}/v1/galleries/{GALLERY}/identify"
-    return requests.post(url, headers=attacked.headers, files=[("image", image)], timeout=120)
+    return requests.post(url, headers=attacked.headers, files=[("image", _mosaic(attacked))], timeout=120)
+
+
+def received_searches(attacked: Attacked) -> int:
+    """The search messages the matcher received since the logs' mark."""
+    log = attacked.logs.since_mark("matcher1")
+    return len(re.findall(rf"{re.escape(TASK_SEARCH)}\[[^]]+\] received", log))
+
+
+@pytest.fixture(scope="module")
+def compreface_key(attacked: Attacked) -> str:
+    """A CompreFace key bound to the attacked gallery."""
+    url = f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{attacked.database}?charset=utf8mb4"
+    engine = make_engine(load_settings({}, database_url=url))
+    try:
+        with session_scope(session_factory(engine)) as session:
+            return create_api_key(session, "batched-cf", "admin", gallery=GALLERY, key=str(uuid.uuid4()))
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.stack
@@ -256,8 +281,7 @@ def test_the_faces_of_an_image_reach_the_matcher_in_one_search(attacked: Attacke
     faces = r.json()["faces"]
     assert len(faces) == len(attacked.people)
     assert {face["match"] for face in faces} == {subject for subject, _, _ in attacked.people}
-    log = attacked.logs.since_mark("matcher1")
-    assert len(re.findall(rf"{re.escape(TASK_SEARCH)}\[[^]]+\] received", log)) == 1, log[-2000:]
+    assert received_searches(attacked) == 1
 
 
 @pytest.mark.stack
@@ -276,3 +300,34 @@ def test_a_single_face_search_without_its_answer_is_refused(attacked: Attacked):
     assert_refused(attacked, identify(attacked, attacked.people[0][2]), TASK_SEARCH, before)
     attacked.lie("honest")
     assert identify(attacked, attacked.people[0][2]).json()["faces"][0]["match"] == attacked.people[0][0]
+
+
+@pytest.mark.stack
+def test_compreface_verify_scores_every_face_against_an_example_in_one_search(
+    attacked: Attacked, compreface_key: str
+):
+    """``faces/{image_id}/verify`` of the mosaic: every face against the first person's template."""
+    subject = attacked.people[0][0]
+    sql = f"SELECT t.id FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE s.name = '{subject}'"
+    ((template_id,),) = attacked.query(sql)
+    url = f"{attacked.stack.url}/api/v1/recognition/faces/{image_id_for(template_id)}/verify"
+
+    def verify() -> requests.Response:
+        files = [("file", ("mosaic.jpg", _mosaic(attacked)))]
+        return requests.post(url, headers={"x-api-key": compreface_key}, files=files, timeout=120)
+
+    attacked.lie("honest")
+    attacked.logs.mark()
+    r = verify()
+    assert r.status_code == 200, r.text
+    faces = r.json()["result"]
+    assert len(faces) == len(attacked.people) and received_searches(attacked) == 1
+    best = max(faces, key=lambda face: face["similarity"])
+    assert best["box"]["x_max"] <= 150  # the first tile: the person of the template
+
+    attacked.lie("drop_probe")
+    audited = len(attacked.audit_rows())
+    assert verify().status_code == 503
+    refused = ("forged_scores", GALLERY, f"worker:{attacked.matcher}", "refused")
+    assert attacked.audit_rows()[audited:] == [refused]
+    attacked.lie("honest")
