@@ -19,6 +19,15 @@ The lie is read at every task from the file named by ``LYING_MATCHER_MODE_FILE``
 * ``shift BLOCK SLOT``: the real answer with the score of one slot raised by 0.3 (added
   homomorphically with the public keys), which keeps it inside ``[-1, 1]``: what a matcher
   that forges one decision would do. The test names the slot (a sentinel, or a face).
+
+Lies that only a batched search allows (a search carries every face of an image; a pair
+is answered honestly in these modes), for tests/test_batched_search.py:
+
+* ``drop_probe``: the part of the last probe left out (less work, or hiding a face);
+* ``duplicate_probe``: the first probe's part sent again in place of the second's (one
+  search's work passed off as two);
+* ``swap_probes``: the parts of the first two probes exchanged, each with its own digest
+  (the first face would get the second face's candidates if parts were matched by position).
 """
 
 from __future__ import annotations
@@ -35,7 +44,13 @@ from sqlalchemy import select
 
 from veilface.crypto.codec import Kind
 from veilface.crypto.public import PublicContext
-from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH, ScoreAnswer
+from veilface.messaging.messages import (
+    TASK_PAIR,
+    TASK_SEARCH,
+    ProbeScores,
+    ScoreAnswer,
+    SearchAnswer,
+)
 from veilface.search.results import ScoreResult
 from veilface.store.db import session_scope
 from veilface.store.models import Template
@@ -86,12 +101,34 @@ def _shifted(result: ScoreResult, slot: int, amount: float) -> bytes:
     return ctx.dumps(ciphertext, Kind.SCORE)
 
 
+#: The lies on the parts of a batched answer, one per probe in the request's order.
+BATCH_LIES = {
+    "drop_probe": lambda parts: parts[:-1],
+    "duplicate_probe": lambda parts: (parts[0], parts[0], *parts[2:]),
+    "swap_probes": lambda parts: (parts[1], parts[0], *parts[2:]),
+}
+
+
 def _lie(answer: dict, mode: str) -> dict:
-    """The lying version of the honest ``answer`` (a ScoreAnswer message)."""
+    """The lying version of the honest ``answer`` (a SearchAnswer or ScoreAnswer message)."""
+    if "probes" not in answer:
+        if mode in BATCH_LIES:
+            return answer
+        honest = ScoreAnswer.from_message(answer)
+        return ScoreAnswer(honest.worker, _lied_scores(honest.scores, mode)).to_message()
+    batch = SearchAnswer.from_message(answer)
+    if mode in BATCH_LIES:
+        parts = BATCH_LIES[mode](batch.probes)
+    else:
+        parts = tuple(ProbeScores(p.probe_sha256, _lied_scores(p.scores, mode)) for p in batch.probes)
+    return SearchAnswer(batch.worker, tuple(parts)).to_message()
+
+
+def _lied_scores(scores: tuple[ScoreResult, ...], mode: str) -> tuple[ScoreResult, ...]:
+    """Each of the honest ``scores`` replaced by the lie of ``mode`` (a value lie)."""
     ctx = _context()
-    honest = ScoreAnswer.from_message(answer)
     lied = []
-    for result in honest.scores:
+    for result in scores:
         genuine = ctx.loads(result.ciphertext, Kind.SCORE, level=ctx.score_level, sizes=(2, 3))
         if mode.startswith("shift"):
             block_no, slot = map(int, mode.split()[1:])
@@ -105,7 +142,7 @@ def _lie(answer: dict, mode: str) -> dict:
         lied.append(
             ScoreResult(result.block_no, result.block_version, result.source, result.dim, result.slots, blob)
         )
-    return ScoreAnswer(honest.worker, tuple(lied)).to_message()
+    return tuple(lied)
 
 
 def _answer(task, honest: dict) -> dict:

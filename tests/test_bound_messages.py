@@ -115,7 +115,7 @@ def test_an_image_that_does_not_hash_to_its_tasks_image_hash_is_refused():
 
 def test_a_signature_verifies_only_for_its_own_task_id_arguments_and_lifetime():
     signer = TaskSigner(KEY, ttl_s=60)
-    args = [SearchRequest(3, "v1", "AAAA", [0, 1]).to_message()]
+    args = [SearchRequest(3, "v1", ["AAAA"], [0, 1]).to_message()]
     signature = signer.sign(TASK_SEARCH, "id-1", args)
     signer.verify(TASK_SEARCH, "id-1", tuple(args), {}, signature)  # as a worker sees them
     altered = [{**args[0], "gallery_id": 4}]
@@ -303,7 +303,7 @@ def test_unsigned_altered_or_expired_messages_are_refused_by_both_workers(bound:
     probe = bound.gateway.transport.sealed(
         ProbeRequest(_sha256(photo), bound.signer.expiry()), photo
     ).to_message()
-    search = SearchRequest(gid, version, "AAAA", [0]).to_message()
+    search = SearchRequest(gid, version, ["AAAA"], [0]).to_message()
     elsewhere = {**search, "gallery_id": gid + 1}
     marks = {worker: bound.log_size(worker) for worker in ("embedder1", "matcher1")}
 

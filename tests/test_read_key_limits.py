@@ -12,7 +12,6 @@ gallery. The least-squares template reconstruction that rebuilt a template from 
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import time
@@ -26,10 +25,10 @@ import numpy as np
 import pytest
 import redis
 import requests
-from PIL import Image
 from sqlalchemy import func, select
 
 from tests.conftest import UNTHROTTLED, gateway_process
+from tests.mosaic import mosaic
 from veilface.api.ratelimit import WINDOW_S
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
@@ -195,24 +194,9 @@ def test_read_key_verification_says_the_decision_only(setup: Setup):
 # -- a photo of many faces ---------------------------------------------------------------------
 
 
-def _mosaic(photos: list[Path], side: int = 5, tile: int = 150) -> bytes:
-    """``side`` x ``side`` LFW photos, each cropped around its face, as one JPEG."""
-    canvas = np.zeros((side * tile, side * tile, 3), np.uint8)
-    for n, photo in enumerate(photos[: side * side]):
-        with Image.open(photo) as im:
-            width, height = im.size
-            left, top = (width - tile) // 2, (height - tile) // 2
-            crop = np.asarray(im.convert("RGB").crop((left, top, left + tile, top + tile)))
-        row, col = divmod(n, side)
-        canvas[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = crop
-    out = io.BytesIO()
-    Image.fromarray(canvas).save(out, "JPEG", quality=92)
-    return out.getvalue()
-
-
 def test_a_mosaic_gets_at_most_the_capped_number_of_searches(setup: Setup, lfw_people):
-    mosaic = _mosaic([setup.victim[1], *(p[0] for p in lfw_people[500:524])])
-    r = setup.post(f"/v1/galleries/{GALLERY}/identify", setup.read, mosaic, top_k=100)
+    image = mosaic([setup.victim[1], *(p[0] for p in lfw_people[500:524])])
+    r = setup.post(f"/v1/galleries/{GALLERY}/identify", setup.read, image, top_k=100)
     assert r.status_code == 200, r.text
     faces = r.json()["faces"]
     searched = [f for f in faces if "quality_reason" not in f]
@@ -228,7 +212,7 @@ def test_a_mosaic_gets_at_most_the_capped_number_of_searches(setup: Setup, lfw_p
     answer = requests.post(
         f"{setup.url}/api/v1/recognition/recognize",
         headers={"x-api-key": bound},
-        files=[("file", ("x.jpg", mosaic))],
+        files=[("file", ("x.jpg", image))],
         params={"prediction_count": 100},
         timeout=120,
     ).json()

@@ -36,6 +36,7 @@ from veilface.messaging.messages import (
     Probe,
     ProbeRequest,
     ScoreAnswer,
+    SearchAnswer,
     SearchRequest,
     b64decode,
     b64encode,
@@ -94,9 +95,9 @@ class Workers:
 
     def identify(self, probe: Probe) -> list[tuple[str, float]]:
         """Every subject ranked by the matcher's scores on blocks 0 and 1, decrypted here."""
-        message = SearchRequest(self.gallery_id, probe.model_version, probe.ciphertext, [0, 1]).to_message()
-        answer = ScoreAnswer.from_message(self.call(matcher.search, message))
-        decrypted = [(r, self.secret.decrypt_scores(r.ciphertext, r.source)) for r in answer.scores]
+        message = SearchRequest(self.gallery_id, probe.model_version, [probe.ciphertext], [0, 1]).to_message()
+        (part,) = SearchAnswer.from_message(self.call(matcher.search, message)).probes
+        decrypted = [(r, self.secret.decrypt_scores(r.ciphertext, r.source)) for r in part.scores]
         with session_scope(matcher.worker().runtime.sessions) as session:
             owners = store.slot_owners(session, self.gallery_id, probe.model_version)
         live = {slot: owner.subject for slot, owner in owners.items()}
@@ -231,7 +232,7 @@ def test_a_lost_database_sends_the_search_again_signed(workers: Workers, monkeyp
     monkeypatch.setattr(matcher, "worker", lambda: lost)
     ctx, task = runtime.context, matcher.search
     probe = b64encode(encrypt_probe(ctx, np.eye(ctx.params.max_dim)[0]))
-    args = [SearchRequest(workers.gallery_id, "any", probe, [0]).to_message()]
+    args = [SearchRequest(workers.gallery_id, "any", [probe], [0]).to_message()]
     task_id, queue = uuid.uuid4().hex, f"match.retry-{uuid.uuid4().hex[:8]}"
     signature = workers.signer.sign(task.name, task_id, args)
     task.push_request(

@@ -95,7 +95,8 @@ class Settings:
     auth_failures_per_minute: int = 20
     #: Most candidates per face a read-scope key receives (``top_k`` above it is lowered to it).
     read_top_k_max: int = 5
-    #: Most faces of one image searched in a gallery; the others are listed, not searched (0: all).
+    #: Most faces of one image searched in a gallery, in one batched search; the others are listed,
+    #: not searched (0: all). A he-matcher refuses a search message of more probes than this.
     max_faces_per_request: int = 10
     #: Hidden sentinel templates a full block carries on average (0: none): each slot of a block
     #: is a sentinel with probability this / block capacity (8192), chosen with the gateway's

@@ -41,8 +41,10 @@ from veilface.messaging.messages import (
     Probe,
     ProbeRequest,
     ScoreAnswer,
+    SearchAnswer,
     SearchRequest,
     b64decode,
+    probe_digest,
 )
 from veilface.models.registry import ModelRegistry
 from veilface.search import checks, ranking, routing
@@ -220,22 +222,29 @@ class Gateway:
         return probes, sentinel_checks.expected_per_probe(self.transport.sealer, probes, refs)
 
     def _scatter(
-        self, gallery_id: int, model_version: str, probe: str, sentinels: Expected | None = None
-    ) -> tuple[Decrypted, Owners]:
-        """Score ``probe`` on every shard and decrypt the checked answers, with the owners of the
-        live slots read after the answers came; any missing or refused shard fails the search.
+        self,
+        gallery_id: int,
+        model_version: str,
+        probes: list[str],
+        sentinels: Sequence[Expected] | None = None,
+    ) -> tuple[list[Decrypted], Owners]:
+        """Score ``probes`` (the faces of one image) on every shard, one message per shard, and
+        decrypt the checked answers (a list per probe), with the owners of the live slots read
+        after the answers came; any missing or refused shard fails the search. ``sentinels[i]``
+        are the true scores of the gallery's sentinels for probe ``i`` (:meth:`watched_probes`).
 
         Each block number (its packed block and its delta) goes to one live matcher by
         rendezvous hashing, so a gallery is spread over all matchers and a new matcher
         takes over only its share. The gateway keeps that plan and decrypts only answers
         that fit it (:meth:`_checked_search`).
         """
-        dim = peek_dim(b64decode(probe))
+        digests = tuple(probe_digest(b64decode(probe)) for probe in probes)
+        dim = peek_dim(b64decode(probes[0]))
         with self.session() as session:
             block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
             matchers = self._own_matchers(live_workers(session, MATCHER, self.settings.worker_ttl_s))
         if not block_nos:
-            return [], {}
+            return [[] for _ in probes], {}
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
         queues = {w.name: w.queue for w in matchers}
@@ -246,16 +255,22 @@ class Gateway:
         for name, blocks in assignment.items():
             if not blocks:
                 continue
-            request = SearchRequest(gallery_id, model_version, probe, blocks)
-            plan = ShardPlan(name, dim, frozenset(blocks))
+            request = SearchRequest(gallery_id, model_version, probes, blocks)
+            plan = ShardPlan(name, dim, frozenset(blocks), digests)
             pending.append((plan, self.transport.send(TASK_SEARCH, [request.to_message()], queues[name])))
         answers = [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
-        return self._checked_search(gallery_id, model_version, answers, sentinels or {})
+        expected = list(sentinels) if sentinels is not None else [{} for _ in probes]
+        return self._checked_search(gallery_id, model_version, expected, answers)
 
     def _checked_search(
-        self, gallery_id: int, model_version: str, answers: list[tuple[ShardPlan, Any]], sentinels: Expected
-    ) -> tuple[Decrypted, Owners]:
-        """Decrypt the matchers' answers to one search, refusing all of them if one fails a check.
+        self,
+        gallery_id: int,
+        model_version: str,
+        sentinels: Sequence[Expected],
+        answers: list[tuple[ShardPlan, Any]],
+    ) -> tuple[list[Decrypted], Owners]:
+        """Decrypt the matchers' answers to one search of ``len(sentinels)`` probes (a list per
+        probe), refusing all of them if one part of one answer fails a check.
 
         The slot counter, the block versions and the live templates are read after the answers
         came, so every template a matcher could have seen counts as allocated. ``sentinels``
@@ -272,25 +287,27 @@ class Gateway:
                 owners,
             )
         capacity = 2 * self.keys.slots
-        decrypted = []
+        decrypted: list[Decrypted] = [[] for _ in sentinels]
         for plan, message in answers:
             with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
-                answer = ScoreAnswer.from_message(message)
+                answer = SearchAnswer.from_message(message)
                 if answer.worker != plan.worker:
                     raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
-                checks.check_shard_answer(plan, answer.scores, state, capacity)
+                checks.check_probe_parts(plan, [part.probe_sha256 for part in answer.probes])
                 layout = BlockLayout(self.keys.slots, plan.dim)
-                shard, tolerances = [], {}
-                for result in answer.scores:
-                    allowed, tolerance = checks.expected_lanes(result, state, capacity)
-                    vector = self.keys.decrypt_scores(result.ciphertext, result.source)
-                    what = f"block {result.block_no} ({result.source})"
-                    checks.check_scores(layout, vector, allowed, tolerance, what)
-                    shard.append((result, vector))
-                    tolerances[result.block_no, result.source] = tolerance
-                mine = {at: score for at, score in sentinels.items() if at in live and at[0] in plan.blocks}
-                sentinel_checks.check_sentinels(shard, mine, tolerances, self.keys.slots)
-                decrypted.extend(shard)
+                for part, found, expected in zip(answer.probes, decrypted, sentinels, strict=True):
+                    checks.check_shard_answer(plan, part.scores, state, capacity)
+                    shard, tolerances = [], {}
+                    for result in part.scores:
+                        allowed, tolerance = checks.expected_lanes(result, state, capacity)
+                        vector = self.keys.decrypt_scores(result.ciphertext, result.source)
+                        what = f"block {result.block_no} ({result.source})"
+                        checks.check_scores(layout, vector, allowed, tolerance, what)
+                        shard.append((result, vector))
+                        tolerances[result.block_no, result.source] = tolerance
+                    mine = {at: v for at, v in expected.items() if at in live and at[0] in plan.blocks}
+                    sentinel_checks.check_sentinels(shard, mine, tolerances, self.keys.slots)
+                    found.extend(shard)
         return decrypted, owners
 
     @contextlib.contextmanager
@@ -340,42 +357,57 @@ class Gateway:
         self,
         gallery_id: int,
         model_version: str,
-        probe: str,
+        probes: list[str],
         top_k: int,
         subject_filter: str | None = None,
-        sentinels: Expected | None = None,
-    ) -> list[Candidate]:
-        """Top-``top_k`` subjects for an encrypted probe (best template per subject); ``sentinels``
-        are the true scores of the gallery's sentinels for it (:meth:`watched_probes`)."""
-        decrypted, owners = self._scatter(gallery_id, model_version, probe, sentinels)
+        sentinels: Sequence[Expected] | None = None,
+    ) -> list[list[Candidate]]:
+        """Top-``top_k`` subjects for each encrypted probe (best template per subject), all
+        probes in one batched search; ``sentinels[i]`` are the true scores of the gallery's
+        sentinels for probe ``i`` (:meth:`watched_probes`)."""
+        decrypted, owners = self._scatter(gallery_id, model_version, probes, sentinels)
         live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
-        ranked = ranking.top_k(decrypted, live, top_k, self.keys.slots)
-        return [Candidate(subject, round(similarity, 6)) for subject, similarity in ranked]
+        ranked = (ranking.top_k(found, live, top_k, self.keys.slots) for found in decrypted)
+        return [[Candidate(subject, round(similarity, 6)) for subject, similarity in r] for r in ranked]
 
     def identify(
         self, gallery_name: str, image: bytes, *, top_k: int, threshold: float | None
     ) -> list[IdentifiedFace]:
         """Every face of ``image`` with its top candidates and the decision.
 
-        At most ``max_faces_per_request`` usable faces are searched, the main face first; the
-        others are listed with no candidate and the reason :data:`NOT_SEARCHED`.
+        At most ``max_faces_per_request`` usable faces are searched, the main face first, all in
+        one batched search; the others are listed with no candidate and the reason :data:`NOT_SEARCHED`.
         """
         with self.session() as session:
             gallery = store.get_gallery(session, gallery_name)
             gallery_id, projection = gallery.id, gallery.projection
         faces = []
         probes, expected = self.watched_probes(gallery_id, image, projection)
-        for probe, searched, sentinels in zip(probes, self._searched(probes), expected, strict=True):
+        found = iter(self._search_faces(gallery_id, probes, expected, top_k))
+        for probe, searched in zip(probes, self._searched(probes), strict=True):
             if not searched:
                 faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason or NOT_SEARCHED))
                 continue
             cut = self.threshold(probe.model_version) if threshold is None else threshold
-            candidates = self.search(
-                gallery_id, probe.model_version, probe.ciphertext, top_k, sentinels=sentinels
-            )
+            candidates = next(found)
             match = candidates[0].subject if candidates and candidates[0].similarity >= cut else None
             faces.append(IdentifiedFace(*_box(probe), candidates, match))
         return faces
+
+    def _search_faces(
+        self, gallery_id: int, probes: list[Probe], expected: list[Expected], top_k: int
+    ) -> list[list[Candidate]]:
+        """The candidates of each searched probe (:meth:`_searched`), in order, in one batched search.
+
+        The probes of one image share their model version (the embedder makes them all with the
+        version the gateway asked for); ``expected[i]`` are probe ``i``'s true sentinel scores.
+        """
+        searched = self._searched(probes)
+        batch = [(probe, e) for probe, e, s in zip(probes, expected, searched, strict=True) if s]
+        if not batch:
+            return []
+        ciphertexts, sentinels = [p.ciphertext for p, _ in batch], [e for _, e in batch]
+        return self.search(gallery_id, batch[0][0].model_version, ciphertexts, top_k, sentinels=sentinels)
 
     def _searched(self, probes: list[Probe]) -> list[bool]:
         """Which probes are searched: the usable ones, the first ``max_faces_per_request`` of them."""
@@ -394,8 +426,8 @@ class Gateway:
             gallery_id, projection = gallery.id, gallery.projection
         probes, expected = self.watched_probes(gallery_id, image, projection)
         probe = _main_probe(probes)
-        candidates = self.search(
-            gallery_id, probe.model_version, probe.ciphertext, 1, subject_name, expected[0]
+        (candidates,) = self.search(
+            gallery_id, probe.model_version, [probe.ciphertext], 1, subject_name, [expected[0]]
         )
         if not candidates:
             raise errors.UnknownSubject(
@@ -448,28 +480,43 @@ class Gateway:
             gallery_id, version, slot = gallery.id, template.model_version, (template.block_no, template.slot)
         scored = []
         probes, expected = self.watched_probes(gallery_id, image, None)
-        for probe, searched, sentinels in zip(probes, self._searched(probes), expected, strict=True):
-            if not searched:
-                scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
-                continue
+        searched = self._searched(probes)
+        batch = [(probe, e) for probe, e, s in zip(probes, expected, searched, strict=True) if s]
+        for probe, _ in batch:
             if probe.model_version != version:
                 raise errors.Conflict(
                     f"template {template_id} was made by model {version}, probes by {probe.model_version}; "
                     "re-enroll the subject"
                 )
-            similarity = self._slot_similarity(gallery_id, version, probe.ciphertext, slot, sentinels)
-            scored.append(FaceScore(probe.face, similarity))
+        ciphertexts, sentinels = [p.ciphertext for p, _ in batch], [e for _, e in batch]
+        similarities = iter(self._slot_similarities(gallery_id, version, ciphertexts, slot, sentinels))
+        for probe, was_searched in zip(probes, searched, strict=True):
+            if not was_searched:
+                scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
+                continue
+            scored.append(FaceScore(probe.face, next(similarities)))
         return scored
 
-    def _slot_similarity(
-        self, gallery_id: int, version: str, probe: str, slot: tuple[int, int], sentinels: Expected
-    ) -> float:
-        """Decrypted similarity of ``probe`` to the template in ``(block_no, slot)``."""
-        decrypted, _ = self._scatter(gallery_id, version, probe, sentinels)
-        ranked = ranking.top_k(decrypted, {slot: "template"}, 1, self.keys.slots)
-        if not ranked:
-            raise errors.NotFound("the template was deleted while it was being compared")
-        return ranked[0][1]
+    def _slot_similarities(
+        self,
+        gallery_id: int,
+        version: str,
+        probes: list[str],
+        slot: tuple[int, int],
+        sentinels: Sequence[Expected],
+    ) -> list[float]:
+        """Decrypted similarity of each of ``probes`` to the template in ``(block_no, slot)``, in
+        one batched search."""
+        if not probes:
+            return []
+        decrypted, _ = self._scatter(gallery_id, version, probes, sentinels)
+        similarities = []
+        for found in decrypted:
+            ranked = ranking.top_k(found, {slot: "template"}, 1, self.keys.slots)
+            if not ranked:
+                raise errors.NotFound("the template was deleted while it was being compared")
+            similarities.append(ranked[0][1])
+        return similarities
 
     def compare(self, source: bytes, target: bytes) -> tuple[FaceBox, list[FaceScore]]:
         """The main face of ``source`` against every face of ``target``, under encryption."""

@@ -10,6 +10,8 @@ queue are sealed to the request that carries them (:class:`veilface.crypto.seali
 from __future__ import annotations
 
 import base64
+import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -172,21 +174,48 @@ class ProbeRequest:
         return _request_from_message(cls, msg)
 
 
+def probe_digest(probe: bytes) -> str:
+    """The SHA-256 (hex) of a probe ciphertext: how a batched answer names the probe of each part."""
+    return hashlib.sha256(probe).hexdigest()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SearchRequest:
-    """Score ``probe`` on the packed blocks and deltas numbered ``blocks`` of one gallery."""
+    """Score every probe of ``probes`` (the faces of one image, base64 ciphertexts) on the
+    packed blocks and deltas numbered ``blocks`` of one gallery: one message per matcher."""
 
     gallery_id: int
     model_version: str
-    probe: str
+    probes: list[str]
     blocks: list[int] = field(default_factory=list)
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> SearchRequest:
-        return cls(**msg)
+    def from_message(cls, msg: Any, max_probes: int | None = None) -> SearchRequest:
+        """Parse a search message; ``BadRequest`` unless every field has its type and there are
+        between 1 and ``max_probes`` probes (``None``: no upper bound)."""
+        request = _request_from_message(cls, msg)
+        well_typed = (
+            _is_int(request.gallery_id)
+            and isinstance(request.model_version, str)
+            and isinstance(request.probes, list)
+            and all(isinstance(p, str) for p in request.probes)
+            and isinstance(request.blocks, list)
+            and all(_is_int(b) for b in request.blocks)
+        )
+        if not well_typed:
+            raise errors.BadRequest("malformed SearchRequest message")
+        if not request.probes:
+            raise errors.BadRequest("a search message without a probe")
+        if max_probes is not None and len(request.probes) > max_probes:
+            raise errors.BadRequest(f"a search message of more than {max_probes} probes")
+        return request
 
 
 def score_to_message(result: ScoreResult) -> dict[str, Any]:
@@ -198,9 +227,27 @@ def score_from_message(msg: dict[str, Any]) -> ScoreResult:
     return ScoreResult(**{**msg, "slots": tuple(msg["slots"]), "ciphertext": b64decode(msg["ciphertext"])})
 
 
+def _scores_from_message(msgs: Any) -> tuple[ScoreResult, ...]:
+    """Score results parsed from a list of :func:`score_to_message`; ``BadRequest`` otherwise."""
+    try:
+        scores = tuple(score_from_message(m) for m in msgs)
+    except (KeyError, TypeError, AttributeError, errors.InvalidCiphertext) as exc:
+        raise errors.BadRequest(f"malformed score answer: {type(exc).__name__}") from None
+    if not all(isinstance(s.ciphertext, bytes) for s in scores):
+        raise errors.BadRequest("malformed score answer")
+    return scores
+
+
+def _worker_from_message(msg: Any) -> str:
+    worker = msg.get("worker") if isinstance(msg, dict) else None
+    if not isinstance(worker, str):
+        raise errors.BadRequest("malformed score answer: no worker name")
+    return worker
+
+
 @dataclass(frozen=True)
 class ScoreAnswer:
-    """A matcher's answer to a search or a pair: its score ciphertexts, signed with its name.
+    """A matcher's answer to a pair: its score ciphertexts, signed with its name.
 
     ``worker`` is the matcher's Celery node name, so that the gateway can name a matcher
     whose answer fails its checks; the gateway trusts nothing else the answer says.
@@ -215,10 +262,52 @@ class ScoreAnswer:
     @classmethod
     def from_message(cls, msg: Any) -> ScoreAnswer:
         """Parse an answer; :class:`errors.BadRequest` if it is not one."""
-        try:
-            worker, scores = msg["worker"], tuple(score_from_message(m) for m in msg["scores"])
-        except (KeyError, TypeError, AttributeError, errors.InvalidCiphertext) as exc:
-            raise errors.BadRequest(f"malformed score answer: {type(exc).__name__}") from None
-        if not isinstance(worker, str) or not all(isinstance(s.ciphertext, bytes) for s in scores):
-            raise errors.BadRequest("malformed score answer")
-        return cls(worker, scores)
+        worker = _worker_from_message(msg)
+        return cls(worker, _scores_from_message(msg.get("scores")))
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """The part of a batched answer for one probe: the probe's digest and its score ciphertexts."""
+
+    probe_sha256: str
+    scores: tuple[ScoreResult, ...]
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    """A matcher's answer to a :class:`SearchRequest`: one part per probe, in the request's order,
+    signed with the matcher's name (as :class:`ScoreAnswer`)."""
+
+    worker: str
+    probes: tuple[ProbeScores, ...]
+
+    @classmethod
+    def of(
+        cls, worker: str, probes: Sequence[bytes], scores: Sequence[Sequence[ScoreResult]]
+    ) -> SearchAnswer:
+        """The answer of ``worker``: ``scores[n]`` are the scores of ``probes[n]``."""
+        parts = (ProbeScores(probe_digest(p), tuple(s)) for p, s in zip(probes, scores, strict=True))
+        return cls(worker, tuple(parts))
+
+    def to_message(self) -> dict[str, Any]:
+        parts = [
+            {"probe_sha256": p.probe_sha256, "scores": [score_to_message(s) for s in p.scores]}
+            for p in self.probes
+        ]
+        return {"worker": self.worker, "probes": parts}
+
+    @classmethod
+    def from_message(cls, msg: Any) -> SearchAnswer:
+        """Parse an answer; :class:`errors.BadRequest` if it is not one."""
+        worker = _worker_from_message(msg)
+        parts = msg.get("probes")
+        if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+            raise errors.BadRequest("malformed search answer")
+        probes = []
+        for part in parts:
+            digest = part.get("probe_sha256")
+            if not isinstance(digest, str):
+                raise errors.BadRequest("malformed search answer: a part names no probe")
+            probes.append(ProbeScores(digest, _scores_from_message(part.get("scores"))))
+        return cls(worker, tuple(probes))

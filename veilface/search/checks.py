@@ -6,7 +6,9 @@ checks bound what such an answer can get out of the gateway. The gateway plans e
 (which blocks it asks each matcher for, of which template dimension), and an answer passes
 only if
 
-* it covers exactly the blocks asked of that matcher, each at most once per source
+* it has one part per probe sent, in the order sent, each naming its probe's digest
+  (a batch: the faces of one image in one message per matcher), and each part
+  covers exactly the blocks asked of that matcher, each at most once per source
   (packed block, delta), of the planned dimension, with slots that were ever allocated;
 * once decrypted (only score-level ciphertexts of the exact genuine scale are, see
   :meth:`veilface.crypto.secret.SecretContext.decrypt_scores`), every lane that can hold
@@ -31,7 +33,7 @@ reads from the block's version in the database, never from the answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +65,13 @@ class ForgedAnswer(Exception):
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """What the gateway asked one matcher for: ``blocks`` of templates of dimension ``dim``."""
+    """What the gateway asked one matcher for: ``blocks`` of templates of dimension ``dim``,
+    scored for each probe of ``probes`` (their digests, in the order sent)."""
 
     worker: str
     dim: int
     blocks: frozenset[int]
+    probes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,20 @@ def check_shard_answer(
     missing = (plan.blocks & state.live_blocks) - {block_no for block_no, _ in seen}
     if missing:
         raise ForgedAnswer(f"no scores for block(s) {sorted(missing)}")
+
+
+def check_probe_parts(plan: ShardPlan, digests: Sequence[str]) -> None:
+    """Raise :class:`ForgedAnswer` unless a batched answer has one part per probe of ``plan``,
+    each naming its probe's digest, in the order the probes were sent.
+
+    A dropped, repeated, added or reordered part is refused: each part is then checked with
+    :func:`check_shard_answer` as the answer to its own probe.
+    """
+    if len(digests) != len(plan.probes):
+        raise ForgedAnswer(f"{len(digests)} answer parts for {len(plan.probes)} probes")
+    for n, (digest, asked) in enumerate(zip(digests, plan.probes, strict=True)):
+        if digest != asked:
+            raise ForgedAnswer(f"answer part {n} is not for probe {n}")
 
 
 def check_pair_answer(results: list[ScoreResult], dim: int) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import tenseal.sealapi as sealapi
@@ -146,8 +147,23 @@ class Shard:
         Returns one score ciphertext per packed block and one per block with a delta, each
         with the slots it covers. Raises :class:`InvalidCiphertext` for a bad probe.
         """
-        prepared = self.prepare(probe)
-        return [*self.search_blocks(prepared), *self.search_delta(prepared)]
+        (results,) = self.search_batch([probe])
+        return results
+
+    def search_batch(self, probes: Sequence[bytes]) -> list[list[ScoreResult]]:
+        """:meth:`search` for every probe of one request (the faces of one image), in order.
+
+        Every probe is parsed first, so a bad one fails the batch before any work. The probes
+        are then scored one after the other on the blocks held in memory: the blocks are
+        loaded once (by :meth:`refresh`) for all of them, while only one probe's baby-step
+        rotations (up to ``baby_steps`` ciphertexts) are held at a time.
+        """
+        pending = deque([self.prepare(probe) for probe in probes])
+        results = []
+        while pending:
+            prepared = pending.popleft()  # dropped with its rotations once scored
+            results.append([*self.search_blocks(prepared), *self.search_delta(prepared)])
+        return results
 
     @property
     def baby_steps(self) -> int:

@@ -28,6 +28,7 @@ from veilface.messaging.messages import (
     TASK_PAIR,
     TASK_SEARCH,
     ScoreAnswer,
+    SearchAnswer,
     SearchRequest,
     b64decode,
     error_payload,
@@ -104,36 +105,21 @@ announce(app, lambda: worker().presence())
 TASK_OPTIONS = {"base": MatcherTask, "acks_late": True, "reject_on_worker_lost": True}
 
 
-def _search_request(message: object) -> SearchRequest:
-    """Parse a search message; anything malformed is refused in one log line, not a traceback."""
-    try:
-        request = SearchRequest.from_message(message)
-    except TypeError:
-        raise errors.BadRequest("malformed search message") from None
-    well_typed = (
-        isinstance(request.gallery_id, int)
-        and isinstance(request.model_version, str)
-        and isinstance(request.probe, str)
-        and isinstance(request.blocks, list)
-        and all(isinstance(b, int) for b in request.blocks)
-    )
-    if not well_typed:
-        raise errors.BadRequest("malformed search message")
-    return request
-
-
 @app.task(name=TASK_SEARCH, bind=True, **TASK_OPTIONS, **RETRY_TRANSIENT)
 def search(self, message: dict) -> dict:
-    """Score one probe on the blocks (packed and delta) the gateway assigned to this worker."""
+    """Score the probes of one image on the blocks (packed and delta) the gateway assigned to
+    this worker: the blocks are refreshed once for the batch, and the answer has one part per
+    probe, in the order sent."""
     state = worker()
     try:
-        request = _search_request(message)
-        probe, dim = state.ciphertext(request.probe)
-        shard = state.shard(request.gallery_id, request.model_version, dim)
+        settings = state.runtime.settings
+        request = SearchRequest.from_message(message, settings.max_faces_per_request or None)
+        blobs, dims = zip(*map(state.ciphertext, request.probes), strict=True)
+        shard = state.shard(request.gallery_id, request.model_version, dims[0])
         shard.assign(request.blocks)
         with session_scope(state.runtime.sessions) as session:
             shard.refresh(session)
-        return ScoreAnswer(self.request.hostname, tuple(shard.search(probe))).to_message()
+        return SearchAnswer.of(self.request.hostname, blobs, shard.search_batch(blobs)).to_message()
     except errors.VeilfaceError as exc:
         log.warning("search refused: %s", exc.message)
         return error_payload(exc)
