@@ -30,8 +30,7 @@ from celery.result import AsyncResult
 from kombu.utils.uuid import uuid
 from sqlalchemy import func, select
 
-from tests.conftest import REDIS_URL
-from tests.test_embedded_stack import enroll_main_face
+from tests.support import REDIS_URL, enroll_main_face
 from veilface import errors
 from veilface.api import create_app
 from veilface.api.gateway import Gateway

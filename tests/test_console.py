@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 from PIL import Image
 from sqlalchemy import select
 
+from tests.support import faceless_jpeg
 from veilface.config import load_settings
 from veilface.store.apikeys import create_api_key, revoke_api_key
 from veilface.store.db import make_engine, session_factory, session_scope
@@ -48,15 +48,6 @@ CONSOLE_PAGES = ("login", "enroll", "identify", "verify", "galleries", "status")
 
 def display_name(photo: Path) -> str:
     return photo.parent.name.replace("_", " ")
-
-
-def faceless_jpeg() -> bytes:
-    """A smooth noisy gradient: decodable, with no face in it."""
-    rng = np.random.default_rng(7)
-    gradient = np.linspace(0, 255, 320 * 240 * 3).reshape(240, 320, 3) + rng.normal(0, 3, (240, 320, 3))
-    out = io.BytesIO()
-    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(out, "JPEG")
-    return out.getvalue()
 
 
 def two_faces_jpeg(left: Path, right: Path) -> bytes:

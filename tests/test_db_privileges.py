@@ -16,14 +16,8 @@ import requests
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import (
-    MYSQL_DATABASE,
-    SERVICE_ACCOUNTS,
-    _stack_env,
-    drop_mysql_database,
-    fresh_mysql_database,
-    service_accounts,
-)
+from tests.support import MYSQL, MYSQL_DATABASE, SERVICE_PASSWORD, stack_env
+from veilface.local.services import SERVICE_ACCOUNTS
 from veilface.local.stack import SERVICES as SERVICE_DIRS
 from veilface.store.apikeys import create_api_key, hash_key
 from veilface.store.db import session_factory, session_scope
@@ -124,8 +118,11 @@ def _migrate(env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_path: Path, key_dir: Path):
     database = f"{MYSQL_DATABASE}_grants"
-    env = _stack_env(
-        tmp_path, key_dir, VEILFACE_DATABASE_URL=fresh_mysql_database(database), **service_accounts(database)
+    env = stack_env(
+        tmp_path,
+        key_dir,
+        VEILFACE_DATABASE_URL=MYSQL.create_database(database),
+        **MYSQL.service_urls(database, SERVICE_PASSWORD),
     )
     try:
         done = _migrate(env)
@@ -144,24 +141,24 @@ def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_pa
         assert _refused(_url(env, "matcher"), "DELETE FROM api_keys") in DENIED
         assert set(GRANTS["matcher"]).isdisjoint({"api_keys", "audit_log"})
     finally:
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def test_migrate_refuses_an_account_shared_by_two_services(tmp_path: Path, key_dir: Path):
     database = f"{MYSQL_DATABASE}_shared"
-    accounts = service_accounts(database)
+    accounts = MYSQL.service_urls(database, SERVICE_PASSWORD)
     accounts["VEILFACE_EMBEDDER_DATABASE_URL"] = accounts["VEILFACE_MATCHER_DATABASE_URL"]
-    env = _stack_env(tmp_path, key_dir, VEILFACE_DATABASE_URL=fresh_mysql_database(database), **accounts)
+    env = stack_env(tmp_path, key_dir, VEILFACE_DATABASE_URL=MYSQL.create_database(database), **accounts)
     try:
         done = _migrate(env)
         assert done.returncode != 0 and "an account of its own" in done.stderr
     finally:
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def test_a_gateway_without_a_schema_refuses_to_start_in_one_line(tmp_path: Path, key_dir: Path):
     """Services hold no DDL right: they no longer create the schema, they name the command that does."""
-    env = _stack_env(tmp_path, key_dir, VEILFACE_BIND="127.0.0.1:0")
+    env = stack_env(tmp_path, key_dir, VEILFACE_BIND="127.0.0.1:0")
     env["VEILFACE_GATEWAY_WORKERS"] = "1"  # with two, gunicorn's halt may race the second one's boot
     done = subprocess.run(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import _stack_env, free_port
+from tests.support import stack_env
 from veilface import errors
 from veilface.config import load_settings
+from veilface.local.services import free_port
 from veilface.store.db import MYSQL_DRIVER_HINT, make_engine
 
 STOP_TIMEOUT_S = 30
@@ -53,7 +54,7 @@ def _port_free(port: int) -> bool:
 
 def _start_stack(tmp_path: Path, key_dir: Path) -> tuple[subprocess.Popen, Path, int]:
     var_dir, port = tmp_path / "var", free_port()
-    env = _stack_env(var_dir, key_dir)
+    env = stack_env(var_dir, key_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "veilface.local.stack", "--bind", f"127.0.0.1:{port}", "--stop-timeout", "20"],
         env=env,

@@ -22,8 +22,8 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.conftest import MYSQL_HOST, _stack_env, drop_mysql_database, free_port, fresh_mysql_database
-from tests.test_faults import Logs, PrivateRedis, wait_for
+from tests.support import MYSQL, Logs, stack_env
+from veilface.local.services import RedisServer, free_port, wait_for
 from veilface.local.stack import SERVICES, Stack
 from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH
 
@@ -56,7 +56,7 @@ class Attacked:
         )
 
     def query(self, sql: str) -> list[tuple]:
-        engine = create_engine(f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{self.database}?charset=utf8mb4")
+        engine = create_engine(MYSQL.url(self.database))
         try:
             with engine.connect() as conn:
                 return [tuple(row) for row in conn.execute(text(sql))]
@@ -100,13 +100,12 @@ def _start_lying_matcher(stack: Stack, mode_file: Path, log_dir: Path) -> subpro
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
     folder = tmp_path_factory.mktemp("malicious")
-    private_redis = PrivateRedis(folder / "redis")
-    private_redis.start()
+    private_redis = RedisServer(folder / "redis", appendonly=True).start()
     database = f"veilface_malicious_{os.getpid()}"
-    env = _stack_env(
+    env = stack_env(
         folder / "var",
         key_dir,
-        VEILFACE_DATABASE_URL=fresh_mysql_database(database),
+        VEILFACE_DATABASE_URL=MYSQL.create_database(database),
         VEILFACE_BROKER_URL=private_redis.url,
         VEILFACE_TASK_TIMEOUT_S="60",
     )
@@ -138,7 +137,7 @@ def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
         liar.wait(timeout=30)
         stack.stop()
         private_redis.kill()
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def assert_refused(attacked: Attacked, response: requests.Response, task: str, before: tuple) -> None:

@@ -29,7 +29,7 @@ import requests
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.conftest import UNTHROTTLED, gateway_process
+from tests.support import UNTHROTTLED, enroll_main_face, gateway_process
 from veilface.api.ratelimit import WINDOW_S
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
@@ -74,17 +74,6 @@ class Setup:
         )
 
 
-def _enroll(url: str, headers: dict[str, str], subject: str, photo: Path) -> None:
-    r = requests.post(
-        f"{url}/v1/galleries/{GALLERY}/subjects/{subject}/faces",
-        headers=headers,
-        files=[("image", photo.read_bytes())],
-        params={"face": "main"},
-        timeout=120,
-    )
-    assert r.status_code == 201, r.text
-
-
 @pytest.fixture(scope="module")
 def setup(stack, mysql_redis_env, admin_headers, lfw_people, tmp_path_factory) -> Iterator[Setup]:
     """The gallery (victim, 6 aliases, 4 others), keys of each scope and the limited gateway."""
@@ -92,11 +81,11 @@ def setup(stack, mysql_redis_env, admin_headers, lfw_people, tmp_path_factory) -
     sessions = session_factory(make_engine(settings))
     victim = next(p for p in lfw_people[200:] if len(p) >= ALIASES + 2)
     others = [p for p in lfw_people[300:] if p[0].parent != victim[0].parent][:OTHERS]
-    _enroll(stack.url, admin_headers, VICTIM, victim[0])
+    enroll_main_face(stack, admin_headers, victim[0], GALLERY, VICTIM)
     for n, photo in enumerate(victim[1 : ALIASES + 1], 1):
-        _enroll(stack.url, admin_headers, f"alias-{n}", photo)
+        enroll_main_face(stack, admin_headers, photo, GALLERY, f"alias-{n}")
     for people in others:
-        _enroll(stack.url, admin_headers, people[0].parent.name, people[0])
+        enroll_main_face(stack, admin_headers, people[0], GALLERY)
     with session_scope(sessions) as session:
         read = create_api_key(session, "read-limits-read", "read")
     made = subprocess.run(
