@@ -1,10 +1,12 @@
 """Fixtures that build real things: MariaDB and Redis, a key set, the stack as processes.
 
-The helpers they use live in ``tests/support.py``.
+The helpers they use live in ``tests/support.py``; a fixture that starts processes declares the
+markers its tests must carry (``support.needs_markers``), and a test without them fails in setup.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,16 +15,35 @@ import redis
 
 from tests.support import (
     ADMIN_KEY,
+    MARKED_FIXTURES,
     MYSQL,
     MYSQL_DATABASE,
     REDIS_URL,
     SERVICE_PASSWORD,
+    needs_markers,
     new_key_set,
     run_stack,
     stack_env,
 )
 from veilface.config import load_settings
 from veilface.local.stack import Stack
+
+#: Without the trainer extra (torch) the trainer's tests cannot even be imported: ``make test``
+#: installs it, ``make test-fast`` does not need it.
+collect_ignore = [] if importlib.util.find_spec("torch") else ["test_train.py"]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that uses a process-starting fixture without that fixture's markers, before
+    anything starts: ``make test-fast`` deselects by marker, so the marking must not rot."""
+    missing = [
+        f"{name} needs @pytest.mark.{marker}"
+        for name in getattr(item, "fixturenames", ())
+        for marker in MARKED_FIXTURES.get(name, ())
+        if item.get_closest_marker(marker) is None
+    ]
+    if missing:
+        pytest.fail(f"{item.nodeid}: fixture {'; '.join(missing)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -69,12 +90,14 @@ def mysql_redis_env(tmp_path_factory, key_dir: Path) -> Iterator[dict[str, str]]
 
 
 @pytest.fixture(scope="session")
+@needs_markers("stack")
 def stack(mysql_redis_env: dict[str, str]) -> Iterator[Stack]:
     """The production stack (gunicorn gateway, embedder, he-matcher) on MariaDB + Redis."""
     yield from run_stack(mysql_redis_env, Path(mysql_redis_env["VEILFACE_VAR_DIR"]))
 
 
 @pytest.fixture(scope="session")
+@needs_markers("stack")
 def embedded_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
     """The stack on the embedded defaults: SQLite file and the filesystem queue."""
     var_dir = tmp_path_factory.mktemp("var-embedded")

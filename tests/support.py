@@ -14,9 +14,10 @@ import subprocess
 import sys
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import requests
@@ -25,6 +26,8 @@ from PIL import Image
 from veilface.config import load_settings
 from veilface.local.services import MySQLServer, free_port, wait_for
 from veilface.local.stack import SERVICES, Stack, service_env
+
+F = TypeVar("F", bound=Callable)
 
 # -- the backends and the names this session uses on them --------------------------------------
 
@@ -208,3 +211,20 @@ def faceless_jpeg() -> bytes:
     rng = np.random.default_rng(7)
     gradient = np.linspace(0, 255, 320 * 240 * 3).reshape(240, 320, 3) + rng.normal(0, 3, (240, 320, 3))
     return encoded(Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)), "JPEG")
+
+
+# -- markers ----------------------------------------------------------------------------------
+
+#: Fixtures that start processes, by name, and the markers every test that uses one must carry.
+MARKED_FIXTURES: dict[str, tuple[str, ...]] = {}
+
+
+def needs_markers(*markers: str) -> Callable[[F], F]:
+    """Declare that a fixture starts processes: a test that uses it, directly or through another
+    fixture, must carry ``markers`` (``tests/conftest.py`` fails it in setup otherwise)."""
+
+    def register(fixture: F) -> F:
+        MARKED_FIXTURES[fixture.__name__] = markers
+        return fixture
+
+    return register

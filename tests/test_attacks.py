@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import select, text
 
-from tests.support import encoded, gateway_process, png_chunk, png_claiming
+from tests.support import encoded, gateway_process, needs_markers, png_chunk, png_claiming
 from veilface.api import openapi
 from veilface.config import load_settings
 from veilface.errors import ImageTooLarge, InvalidImage
@@ -110,6 +110,7 @@ ADMIN_OPERATIONS = {
 }
 
 
+@pytest.mark.stack
 @schema.parametrize()
 @settings(
     max_examples=25,
@@ -272,6 +273,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.stack
 def test_hostile_images_through_the_embedder(attack: Attack):
     """Each file as the first photo of /v1/verify: its documented status, quickly, and the
     embedder's memory stays bounded (a 36 MP photo is the largest thing it decodes)."""
@@ -373,6 +375,7 @@ def _post(attack: Attack, path: str, key: str, image: bytes, **params) -> reques
     )
 
 
+@pytest.mark.stack
 def test_api_keys_are_stored_as_hashes_only(attack: Attack, mysql_redis_env):
     done = subprocess.run(
         [
@@ -406,6 +409,7 @@ def test_api_keys_are_stored_as_hashes_only(attack: Attack, mysql_redis_env):
                         assert secret not in str(value), f"an API key in clear in {table}"
 
 
+@pytest.mark.stack
 def test_read_only_key_cannot_change_anything(attack: Attack):
     subject, photo, _ = attack.person
     sandbox = f"{SANDBOX}read-only"
@@ -432,6 +436,7 @@ def test_read_only_key_cannot_change_anything(attack: Attack):
     assert r.status_code == 200 and r.json()["faces"][0]["match"] == subject
 
 
+@pytest.mark.stack
 def test_gallery_bound_key_stays_in_its_gallery(attack: Attack):
     subject, photo, query = attack.person
     for r in (
@@ -459,6 +464,7 @@ def test_gallery_bound_key_stays_in_its_gallery(attack: Attack):
     assert [g["name"] for g in listing["galleries"]] == [BOUND_GALLERY]
 
 
+@pytest.mark.stack
 def test_audit_log_records_enrollment_search_and_deletion_without_content(attack: Attack, lfw_people):
     photos = lfw_people[-2]
     subject = photos[0].parent.name
@@ -521,6 +527,7 @@ def test_audit_log_records_enrollment_search_and_deletion_without_content(attack
 
 
 @pytest.fixture
+@needs_markers("stack")
 def limited_gateway(mysql_redis_env, tmp_path) -> Iterator[str]:
     """A second gunicorn gateway (2 processes) on the shared database and Redis, 20 requests/min."""
     env = {**mysql_redis_env, "VEILFACE_RATE_LIMIT_PER_MINUTE": "20"}
@@ -528,6 +535,7 @@ def limited_gateway(mysql_redis_env, tmp_path) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.stack
 def test_rate_limit_per_key_holds_across_gateway_processes(attack: Attack, limited_gateway: str):
     with session_scope(attack.sessions) as session:
         first = create_api_key(session, "attacks-limited-1", "read")

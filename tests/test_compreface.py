@@ -27,6 +27,7 @@ from flask import Flask
 from PIL import Image
 from sqlalchemy import select
 
+from tests.support import needs_markers
 from veilface import errors
 from veilface.api import compreface
 from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
@@ -482,6 +483,7 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+@needs_markers("install")
 def sdk_python() -> Path:
     """Python of a virtual environment holding the released compreface-sdk (cached under var/)."""
     python, stamp = SDK_VENV / "bin" / "python", SDK_VENV / "requirements.txt"
@@ -556,6 +558,8 @@ def sdk_run(stack, mysql_redis_env, lfw_people, sdk_python, tmp_path_factory) ->
     return json.loads(result.stdout)
 
 
+@pytest.mark.install
+@pytest.mark.stack
 def test_sdk_enrolls_lists_and_recognizes(sdk_run):
     assert sdk_run["add_subject"] == {"subject": "spare-subject"}
     assert sdk_run["add_subject_again"] == {"message": "Subject already exists", "code": 43}
@@ -581,6 +585,8 @@ def test_sdk_enrolls_lists_and_recognizes(sdk_run):
         assert set(answer["plugins_versions"]) == {"detector", "calculator"}
 
 
+@pytest.mark.install
+@pytest.mark.stack
 def test_sdk_verifies_and_detects(sdk_run):
     same = sdk_run["verify_same"]["result"][0]
     other = sdk_run["verify_other"]["result"][0]
@@ -596,6 +602,8 @@ def test_sdk_verifies_and_detects(sdk_run):
     assert "result" in sdk_run["read_only_recognize"]
 
 
+@pytest.mark.install
+@pytest.mark.stack
 def test_sdk_renames_and_deletes(sdk_run):
     a, b, _, d, e = (p["name"] for p in sdk_run["enrolled"])
     assert sdk_run["rename"] == {"updated": True}
@@ -612,6 +620,7 @@ def test_sdk_renames_and_deletes(sdk_run):
     assert sdk_run["list_after_clear"]["total_elements"] == 0
 
 
+@pytest.mark.stack
 def test_unbound_admin_key_is_refused(stack, admin_headers):
     r = requests.get(f"{stack.url}/api/v1/recognition/subjects", headers=admin_headers, timeout=30)
     assert r.status_code == 404 and r.json()["code"] == 10

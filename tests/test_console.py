@@ -23,11 +23,13 @@ import requests
 from PIL import Image
 from sqlalchemy import select
 
-from tests.support import faceless_jpeg
+from tests.support import faceless_jpeg, needs_markers
 from veilface.config import load_settings
 from veilface.store.apikeys import create_api_key, revoke_api_key
 from veilface.store.db import make_engine, session_factory, session_scope
 from veilface.store.models import ApiKey
+
+pytestmark = pytest.mark.stack
 
 CHROMIUM = Path(os.environ.get("VEILFACE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -112,6 +114,7 @@ class Watch:
 
 
 @pytest.fixture(scope="module")
+@needs_markers("browser")
 def playwright():
     """Playwright driving Debian's Chromium; a missing piece fails with what to install."""
     try:
@@ -273,6 +276,7 @@ def test_status_report_gives_model_ckks_parameters_and_queues(stack, admin_heade
 # -- sign in and out -------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_sign_in_is_required_keeps_the_key_out_of_urls_and_cookies(
     chromium, stack, admin_headers, screenshots
 ):
@@ -313,6 +317,7 @@ def test_sign_in_is_required_keeps_the_key_out_of_urls_and_cookies(
         context.close()
 
 
+@pytest.mark.browser
 def test_every_control_has_a_test_id(console_tab, stack, admin_headers):
     page, watch = console_tab
     for name in CONSOLE_PAGES[1:]:
@@ -325,6 +330,7 @@ def test_every_control_has_a_test_id(console_tab, stack, admin_headers):
 # -- the flow: enroll, identify, verify, manage ----------------------------------------------
 
 
+@pytest.mark.browser
 def test_enroll_two_identities_with_boxes_and_per_image_errors(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -377,6 +383,7 @@ def test_enroll_two_identities_with_boxes_and_per_image_errors(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_identify_finds_the_enrolled_person_and_calls_a_stranger_unknown(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -404,6 +411,7 @@ def test_identify_finds_the_enrolled_person_and_calls_a_stranger_unknown(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_webcam_capture_identifies_the_person_in_front_of_the_camera(
     playwright, stack, admin_headers, people, screenshots, tmp_path
 ):
@@ -444,6 +452,7 @@ def test_webcam_capture_identifies_the_person_in_front_of_the_camera(
         browser.close()
 
 
+@pytest.mark.browser
 def test_identify_is_readable_on_a_phone_with_a_large_photo(
     chromium, stack, admin_headers, people, screenshots
 ):
@@ -473,6 +482,7 @@ def test_identify_is_readable_on_a_phone_with_a_large_photo(
         context.close()
 
 
+@pytest.mark.browser
 def test_verify_two_photos_and_a_photo_against_a_subject(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -501,6 +511,7 @@ def test_verify_two_photos_and_a_photo_against_a_subject(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_galleries_list_counts_and_delete_a_subject_after_confirmation(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -547,6 +558,7 @@ def test_galleries_list_counts_and_delete_a_subject_after_confirmation(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admin_headers, screenshots):
     from veilface.crypto.params import DEFAULT_PARAMS
 
@@ -572,6 +584,7 @@ def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admi
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_status_with_a_read_key_shows_readiness_without_worker_details(chromium, stack, mysql_redis_env):
     """/readyz details need an admin key: the page falls back to the bare status and says so."""
     sessions = session_factory(make_engine(load_settings(mysql_redis_env)))
@@ -597,6 +610,7 @@ def test_status_with_a_read_key_shows_readiness_without_worker_details(chromium,
 # -- hostile names -----------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_hostile_names_are_shown_as_text_and_never_run(
     console_tab, stack, admin_headers, people, screenshots
 ):

@@ -24,6 +24,8 @@ from veilface.store.db import session_factory, session_scope
 from veilface.store.models import ApiKey, AuditEntry
 from veilface.store.privileges import GRANTS, granted_rights, held_rights
 
+pytestmark = pytest.mark.stack
+
 WORKERS = ("embedder", "matcher")
 #: MariaDB's "<command> command denied to user ... for table" and "... for column".
 DENIED = (1142, 1143)

@@ -20,6 +20,8 @@ from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
 from veilface.models.registry import ModelRegistry
 
+pytestmark = pytest.mark.stack
+
 GALLERY = "lfw-e2e"
 N_IDENTITIES = 50
 

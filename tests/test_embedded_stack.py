@@ -18,6 +18,7 @@ from tests.support import (
     enroll_main_face,
     faceless_jpeg,
     match_of_main_face,
+    needs_markers,
     png_claiming,
     run_stack,
     stack_env,
@@ -29,6 +30,8 @@ from veilface.crypto.secret import generate_keyset
 from veilface.local.stack import Stack
 from veilface.models.projection import fit_pca
 from veilface.models.registry import ModelRegistry
+
+pytestmark = pytest.mark.stack
 
 GALLERY = "embedded"
 
@@ -42,6 +45,7 @@ def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers,
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def ensemble_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
     """The embedded stack serving the ensemble version: 1024-D templates, compaction after 4."""
     var_dir = tmp_path_factory.mktemp("var-ensemble")
@@ -74,6 +78,7 @@ def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def short_keys_stack(tmp_path_factory) -> Iterator[Stack]:
     """The embedded stack serving the 1024-D default on a key set whose Galois keys serve 512-D
     templates at most (as key sets made before the ensemble became the default)."""

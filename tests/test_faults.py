@@ -32,7 +32,7 @@ import requests
 from celery.result import AsyncResult
 from sqlalchemy import create_engine, text
 
-from tests.support import MYSQL, MYSQL_HOST, SERVICE_PASSWORD, Logs, new_key_set, stack_env
+from tests.support import MYSQL, MYSQL_HOST, SERVICE_PASSWORD, Logs, needs_markers, new_key_set, stack_env
 from veilface import errors
 from veilface.api import create_app
 from veilface.config import load_settings
@@ -40,6 +40,8 @@ from veilface.local.services import RedisServer, free_port, wait_for
 from veilface.local.stack import Stack
 from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH, b64encode
 from veilface.search.routing import owner
+
+pytestmark = [pytest.mark.stack, pytest.mark.faults]
 
 TASK_TIMEOUT_S = 15
 VISIBILITY_S = 6
@@ -277,6 +279,7 @@ def matcher_names(f: Faults) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack", "faults")
 def faults(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Faults]:
     folder = tmp_path_factory.mktemp("faults")
     private_redis = RedisServer(folder / "redis", appendonly=True).start()

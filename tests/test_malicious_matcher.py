@@ -22,10 +22,12 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.support import MYSQL, Logs, stack_env
+from tests.support import MYSQL, Logs, needs_markers, stack_env
 from veilface.local.services import RedisServer, free_port, wait_for
 from veilface.local.stack import SERVICES, Stack
 from veilface.messaging.messages import TASK_PAIR, TASK_SEARCH
+
+pytestmark = pytest.mark.stack
 
 GALLERY = "victims"
 REFUSED = "veilface_refused_matcher_answers_total"
@@ -98,6 +100,7 @@ def _start_lying_matcher(stack: Stack, mode_file: Path, log_dir: Path) -> subpro
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
     folder = tmp_path_factory.mktemp("malicious")
     private_redis = RedisServer(folder / "redis", appendonly=True).start()

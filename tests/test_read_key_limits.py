@@ -29,7 +29,7 @@ import requests
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.support import UNTHROTTLED, enroll_main_face, gateway_process
+from tests.support import UNTHROTTLED, enroll_main_face, gateway_process, needs_markers
 from veilface.api.ratelimit import WINDOW_S
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
@@ -38,6 +38,8 @@ from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import make_engine, session_factory, session_scope
 from veilface.store.models import ApiKey, AuditEntry, Gallery
+
+pytestmark = pytest.mark.stack
 
 GALLERY = "read-limits"
 VICTIM = "victim"
@@ -75,6 +77,7 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def setup(stack, mysql_redis_env, admin_headers, lfw_people, tmp_path_factory) -> Iterator[Setup]:
     """The gallery (victim, 6 aliases, 4 others), keys of each scope and the limited gateway."""
     settings = load_settings(mysql_redis_env)
