@@ -155,6 +155,21 @@ class Logs:
 # -- calls against a running stack ------------------------------------------------------------
 
 
+def veilface_cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m veilface ARGS`` under ``env``, its output captured; with ``check`` it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "veilface", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def cli_api_key(env: dict[str, str], *args: str) -> str:
+    """A new API key from ``veilface keys create-api-key ARGS`` (the last line it prints)."""
+    return veilface_cli(env, "keys", "create-api-key", *args).stdout.strip().splitlines()[-1]
+
+
 def enroll_main_face(
     stack: Stack, headers: dict[str, str], photo: Path, gallery: str, subject: str | None = None
 ) -> None:

@@ -11,8 +11,6 @@ import hashlib
 import io
 import os
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -34,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import select, text
 
-from tests.support import encoded, gateway_process, needs_markers, png_chunk, png_claiming
+from tests.support import cli_api_key, encoded, gateway_process, needs_markers, png_chunk, png_claiming
 from veilface.api import openapi
 from veilface.config import load_settings
 from veilface.errors import ImageTooLarge, InvalidImage
@@ -377,25 +375,7 @@ def _post(attack: Attack, path: str, key: str, image: bytes, **params) -> reques
 
 @pytest.mark.stack
 def test_api_keys_are_stored_as_hashes_only(attack: Attack, mysql_redis_env):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "veilface",
-            "keys",
-            "create-api-key",
-            "--name",
-            "attacks-cli",
-            "--scope",
-            "read",
-        ],
-        env=mysql_redis_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    key = done.stdout.strip().splitlines()[-1]
+    key = cli_api_key(mysql_redis_env, "--name", "attacks-cli", "--scope", "read")
     assert (
         requests.get(f"{attack.url}/v1/galleries", headers=attack.headers(key), timeout=30).status_code == 200
     )

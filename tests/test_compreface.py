@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 import venv
 from pathlib import Path
@@ -27,7 +26,7 @@ from flask import Flask
 from PIL import Image
 from sqlalchemy import select
 
-from tests.support import needs_markers
+from tests.support import cli_api_key, needs_markers
 from veilface import errors
 from veilface.api import compreface
 from veilface.api.gateway import Candidate, FaceScore, IdentifiedFace
@@ -502,20 +501,7 @@ def sdk_python() -> Path:
 
 
 def _cli_key(env: dict[str, str], *extra: str) -> str:
-    argv = [
-        sys.executable,
-        "-m",
-        "veilface",
-        "keys",
-        "create-api-key",
-        "--gallery",
-        GALLERY,
-        "--compreface",
-        *extra,
-    ]
-    result = _run(argv, env=env, cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr
-    key = result.stdout.strip().splitlines()[-1]
+    key = cli_api_key(env, "--gallery", GALLERY, "--compreface", *extra)
     assert uuid.UUID(key)  # shaped like a CompreFace service key
     return key
 

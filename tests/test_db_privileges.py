@@ -16,7 +16,7 @@ import requests
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.support import MYSQL, MYSQL_DATABASE, SERVICE_PASSWORD, stack_env
+from tests.support import MYSQL, MYSQL_DATABASE, SERVICE_PASSWORD, stack_env, veilface_cli
 from veilface.local.services import SERVICE_ACCOUNTS
 from veilface.local.stack import SERVICES as SERVICE_DIRS
 from veilface.store.apikeys import create_api_key, hash_key
@@ -113,11 +113,6 @@ def test_each_stack_process_connects_with_its_own_account(stack, mysql_redis_env
     assert users <= {"root"} | {f"{MYSQL_DATABASE}_{service}" for service in SERVICE_ACCOUNTS}
 
 
-def _migrate(env: dict[str, str]) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "veilface", "db", "migrate"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-
-
 def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_path: Path, key_dir: Path):
     database = f"{MYSQL_DATABASE}_grants"
     env = stack_env(
@@ -127,7 +122,7 @@ def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_pa
         **MYSQL.service_urls(database, SERVICE_PASSWORD),
     )
     try:
-        done = _migrate(env)
+        done = veilface_cli(env, "db", "migrate", check=False)
         assert done.returncode == 0, done.stderr
         owner = create_engine(env["VEILFACE_DATABASE_URL"])
         with owner.connect() as conn:
@@ -135,7 +130,7 @@ def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_pa
                 assert held_rights(conn, f"{database}_{service}") == granted_rights(service, database)
             conn.exec_driver_sql(f"GRANT ALL ON `{database}`.* TO '{database}_matcher'@'%%'")
         assert _refused(_url(env, "matcher"), "DELETE FROM api_keys") == 0
-        done = _migrate(env)
+        done = veilface_cli(env, "db", "migrate", check=False)
         assert done.returncode == 0, done.stderr
         with owner.connect() as conn:
             assert held_rights(conn, f"{database}_matcher") == granted_rights("matcher", database)
@@ -152,7 +147,7 @@ def test_migrate_refuses_an_account_shared_by_two_services(tmp_path: Path, key_d
     accounts["VEILFACE_EMBEDDER_DATABASE_URL"] = accounts["VEILFACE_MATCHER_DATABASE_URL"]
     env = stack_env(tmp_path, key_dir, VEILFACE_DATABASE_URL=MYSQL.create_database(database), **accounts)
     try:
-        done = _migrate(env)
+        done = veilface_cli(env, "db", "migrate", check=False)
         assert done.returncode != 0 and "an account of its own" in done.stderr
     finally:
         MYSQL.drop_database(database)

@@ -17,8 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +30,16 @@ import requests
 from celery.result import AsyncResult
 from sqlalchemy import create_engine, text
 
-from tests.support import MYSQL, MYSQL_HOST, SERVICE_PASSWORD, Logs, needs_markers, new_key_set, stack_env
+from tests.support import (
+    MYSQL,
+    MYSQL_HOST,
+    SERVICE_PASSWORD,
+    Logs,
+    needs_markers,
+    new_key_set,
+    stack_env,
+    veilface_cli,
+)
 from veilface import errors
 from veilface.api import create_app
 from veilface.config import load_settings
@@ -774,18 +781,9 @@ def test_hostile_messages_on_matcher_queues_are_refused_without_a_crash(faults: 
 # -- key rotation, backup and restore -----------------------------------------------------
 
 
-def _cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "veilface", *args], env=env, capture_output=True, text=True, timeout=300
-    )
-    if ok:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: Path):
     backup_dir, keys_backup = tmp_path / "backup", tmp_path / "backup-keys"
-    done = _cli(faults.env, "backup", str(backup_dir), "--keys-out", str(keys_backup))
+    done = veilface_cli(faults.env, "backup", str(backup_dir), "--keys-out", str(keys_backup))
     assert "keys: key set" in done.stdout
     assert (
         not (backup_dir / "secret.ctx").exists() and (keys_backup / "secret.ctx").stat().st_mode & 0o077 == 0
@@ -804,10 +802,10 @@ def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: P
         VEILFACE_WORKER_TTL_S=str(WORKER_TTL_S),
     )
     try:
-        refused = _cli(env, "restore", str(backup_dir), ok=False)
+        refused = veilface_cli(env, "restore", str(backup_dir), check=False)
         assert refused.returncode != 0 and "--keys-from" in refused.stdout + refused.stderr
-        _cli(env, "restore", str(backup_dir), "--keys-from", str(keys_backup))
-        again = _cli(env, "restore", str(backup_dir), ok=False)
+        veilface_cli(env, "restore", str(backup_dir), "--keys-from", str(keys_backup))
+        again = veilface_cli(env, "restore", str(backup_dir), check=False)
         assert again.returncode != 0 and "--force" in again.stdout + again.stderr
         stack = Stack(env=env, bind=f"127.0.0.1:{free_port()}", log_dir=tmp_path / "logs")
         restored = Faults(
@@ -822,7 +820,7 @@ def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: P
 
             # Rotation: running workers of the old key set stop by themselves; after the
             # restart nothing matches until the subjects are enrolled again.
-            done = _cli(env, "keys", "rotate", "--yes")
+            done = veilface_cli(env, "keys", "rotate", "--yes")
             assert "must be enrolled again" in done.stdout
             for name in ("embedder1", "matcher1"):
                 assert stack.processes[name].wait(timeout=60) is not None

@@ -13,8 +13,6 @@ gallery. The least-squares template reconstruction that rebuilt a template from 
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ import requests
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.support import UNTHROTTLED, enroll_main_face, gateway_process, needs_markers
+from tests.support import UNTHROTTLED, cli_api_key, enroll_main_face, gateway_process, needs_markers
 from veilface.api.ratelimit import WINDOW_S
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
@@ -91,25 +89,7 @@ def setup(stack, mysql_redis_env, admin_headers, lfw_people, tmp_path_factory) -
         enroll_main_face(stack, admin_headers, people[0], GALLERY)
     with session_scope(sessions) as session:
         read = create_api_key(session, "read-limits-read", "read")
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "veilface",
-            "keys",
-            "create-api-key",
-            "--name",
-            "read-limits-eval",
-            "--scope",
-            "eval",
-        ],
-        env=mysql_redis_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    evaluation = made.stdout.strip().splitlines()[-1]
+    evaluation = cli_api_key(mysql_redis_env, "--name", "read-limits-eval", "--scope", "eval")
     env = {k: v for k, v in mysql_redis_env.items() if k not in UNTHROTTLED}
     env["VEILFACE_SUBJECT_VERIFY_PER_MINUTE"] = str(SUBJECT_VERIFY_LIMIT)
     with gateway_process(env, tmp_path_factory.mktemp("read-limits") / "gateway.log") as url:
