@@ -217,7 +217,9 @@ def block_scores(ctx, secret, diagonals, baby_steps, probe, count):
     )
 
 
-@pytest.mark.parametrize("dim", [128, 512, 1024])
+@pytest.mark.parametrize(
+    "dim", [128, pytest.param(512, marks=pytest.mark.slow), pytest.param(1024, marks=pytest.mark.slow)]
+)
 def test_baby_step_giant_step_scores_match_plaintext(keys, dim):
     ctx, secret = keys
     rng = np.random.default_rng(dim)
