@@ -27,8 +27,6 @@ from veilface.config import load_settings
 from veilface.local.services import MySQLServer, free_port, wait_for
 from veilface.local.stack import SERVICES, Stack, service_env
 
-F = TypeVar("F", bound=Callable)
-
 # -- the backends and the names this session uses on them --------------------------------------
 
 MYSQL_HOST = os.environ.get("VEILFACE_TEST_MYSQL_HOST", "127.0.0.1")
@@ -229,6 +227,8 @@ def faceless_jpeg() -> bytes:
 
 
 # -- markers ----------------------------------------------------------------------------------
+
+F = TypeVar("F", bound=Callable)
 
 #: Fixtures that start processes, by name, and the markers every test that uses one must carry.
 MARKED_FIXTURES: dict[str, tuple[str, ...]] = {}
