@@ -315,7 +315,7 @@ def main() -> None:
                 f"{stack.url}/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces",
                 headers=client.headers,
                 files=[("image", photos[0].read_bytes())],
-                params={"face": "largest"},
+                params={"face": "main"},
                 timeout=180,
             )
             r.raise_for_status()
