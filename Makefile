@@ -1,4 +1,5 @@
-# Veilface: `make demo` and `make test` set everything up on a fresh machine.
+# Veilface: `make demo` and `make test` set everything up on a fresh machine; `make test-fast`
+# runs the quick in-process tests alone (no stack, faults, browser, train, install or slow tests).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ CONFIG ?= services/trainer/configs/cfp_finetune.toml
 MYSQL_HINT := make: the MySQL driver (mysqlclient) could not be built; install the MariaDB client library first: apt-get install libmariadb-dev pkg-config (Debian/Ubuntu)
 USES_MYSQL := $(findstring mysql,$(VEILFACE_DATABASE_URL))
 
-.PHONY: venv install install-mysql install-train demo run test screenshots lint bench-he bench-embedder bench-identify eval train compose-config clean
+.PHONY: venv install install-mysql install-train demo run test test-fast screenshots lint bench-he bench-embedder bench-identify eval train compose-config clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -47,11 +48,16 @@ demo: install
 run: install $(if $(USES_MYSQL),install-mysql)
 	$(PY) -m veilface.local.stack
 
-## test: ruff, then the whole suite against real MariaDB and Redis (the trainer smoke test needs torch)
+## test: ruff, then the whole suite, every marker, against real MariaDB and Redis (CI's command; the trainer tests need torch)
 test: install-train install-mysql
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+## test-fast: the quick in-process tests (real MariaDB, no processes started, no torch, not slow)
+FAST_TESTS := not stack and not faults and not browser and not train and not install and not slow
+test-fast: install install-mysql
+	$(PY) -m pytest -q -m "$(FAST_TESTS)"
 
 ## screenshots: rerun the console tests, saving their screenshots into docs/screenshots/
 screenshots: install-train

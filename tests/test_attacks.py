@@ -11,8 +11,6 @@ import hashlib
 import io
 import os
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -34,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import select, text
 
-from tests.conftest import gateway_process
+from tests.support import cli_api_key, encoded, gateway_process, needs_markers, png_chunk, png_claiming
 from veilface.api import openapi
 from veilface.config import load_settings
 from veilface.errors import ImageTooLarge, InvalidImage
@@ -110,6 +108,7 @@ ADMIN_OPERATIONS = {
 }
 
 
+@pytest.mark.stack
 @schema.parametrize()
 @settings(
     max_examples=25,
@@ -144,30 +143,9 @@ def test_generated_requests_get_documented_answers(case, attack: Attack):
 # -- hostile images, through the real embedder --------------------------------------------
 
 
-def _encode(im: Image.Image, fmt: str, **params) -> bytes:
-    out = io.BytesIO()
-    im.save(out, fmt, **params)
-    return out.getvalue()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = zlib.compress(b"\x00" * (1 + 3 * 64) * 64, 9)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", body)
-        + _png_chunk(b"IEND", b"")
-    )
-
-
 def _jpeg_claiming(face: Image.Image, width: int, height: int) -> bytes:
     """A real JPEG whose frame header (SOF0) claims ``width`` x ``height``."""
-    data = bytearray(_encode(face, "JPEG", quality=80))
+    data = bytearray(encoded(face, "JPEG", quality=80))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
@@ -209,7 +187,7 @@ def _exif_rotated(face: Image.Image) -> bytes:
     """The photo stored lying on its side, with the EXIF orientation (6) that stands it up."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    return _encode(face.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=92, exif=exif.tobytes())
+    return encoded(face.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=92, exif=exif.tobytes())
 
 
 def _animated(face: Image.Image, fmt: str) -> bytes:
@@ -221,31 +199,31 @@ def _animated(face: Image.Image, fmt: str) -> bytes:
 
 def _grey16(face: Image.Image) -> bytes:
     grey = np.asarray(face.convert("L"), dtype=np.uint16) * 257
-    return _encode(Image.fromarray(grey), "PNG")
+    return encoded(Image.fromarray(grey), "PNG")
 
 
 def _big_canvas(face: Image.Image) -> bytes:
     """A 6000 x 6000 photo (36 MP, under the 40 MP limit) with the face in a corner."""
     canvas = Image.new("RGB", (6000, 6000), (120, 130, 140))
     canvas.paste(face.resize((1000, 1000)), (200, 200))
-    return _encode(canvas, "JPEG", quality=70)
+    return encoded(canvas, "JPEG", quality=70)
 
 
 def _ztxt_bomb(face: Image.Image) -> bytes:
     """A valid PNG carrying a text chunk that inflates to 64 MB."""
-    png = _encode(face, "PNG")
-    bomb = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (64 << 20), 9))
+    png = encoded(face, "PNG")
+    bomb = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (64 << 20), 9))
     return png[:33] + bomb + png[33:]
 
 
 #: (what, make(face), expected statuses of /v1/verify with a real face as the second photo).
 HOSTILE = [
     ("random bytes", lambda face: os.urandom(65536), {415}),
-    ("truncated JPEG", lambda face: _encode(face, "JPEG")[:3000], {415}),
-    ("truncated PNG", lambda face: _encode(face, "PNG")[:5000], {415}),
-    ("truncated WebP", lambda face: _encode(face, "WEBP")[:2000], {415}),
+    ("truncated JPEG", lambda face: encoded(face, "JPEG")[:3000], {415}),
+    ("truncated PNG", lambda face: encoded(face, "PNG")[:5000], {415}),
+    ("truncated WebP", lambda face: encoded(face, "WEBP")[:2000], {415}),
     ("JPEG claiming 65500x65500", lambda face: _jpeg_claiming(face, 65500, 65500), {413}),
-    ("PNG claiming 100000x100000", lambda face: _png_claiming(100_000, 100_000), {413}),
+    ("PNG claiming 100000x100000", lambda face: png_claiming(100_000, 100_000), {413}),
     ("WebP claiming 16383x16383", lambda face: _webp_claiming(16383, 16383), {413}),
     ("GIF claiming 65535x65535", lambda face: _gif_claiming(65535, 65535), {413}),
     ("TIFF claiming 100000x100000", lambda face: _tiff_claiming(100_000, 100_000), {413}),
@@ -258,16 +236,16 @@ HOSTILE = [
     ("PNG with a 64 MB zTXt bomb", _ztxt_bomb, {415}),
     (
         "JPEG with a 60 KB comment and 4 MB of trailing bytes",
-        lambda face: _encode(face, "JPEG", comment=b"x" * 60000) + b"\x00" * (4 << 20),
+        lambda face: encoded(face, "JPEG", comment=b"x" * 60000) + b"\x00" * (4 << 20),
         {200},
     ),
     ("36 MP photo", _big_canvas, {200, 422}),
     ("EXIF-rotated photo", _exif_rotated, {200}),
-    ("CMYK JPEG", lambda face: _encode(face.convert("CMYK"), "JPEG", quality=92), {200}),
+    ("CMYK JPEG", lambda face: encoded(face.convert("CMYK"), "JPEG", quality=92), {200}),
     ("16-bit grey PNG", _grey16, {200, 422}),
     ("animated GIF", lambda face: _animated(face, "GIF"), {200}),
     ("animated WebP", lambda face: _animated(face, "WEBP"), {200}),
-    ("palette PNG with transparency", lambda face: _encode(face.convert("P"), "PNG", transparency=0), {200}),
+    ("palette PNG with transparency", lambda face: encoded(face.convert("P"), "PNG", transparency=0), {200}),
 ]
 #: Variants of the same face: 1:1 against the original must still be a match.
 SAME_FACE = {
@@ -293,6 +271,7 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.stack
 def test_hostile_images_through_the_embedder(attack: Attack):
     """Each file as the first photo of /v1/verify: its documented status, quickly, and the
     embedder's memory stays bounded (a 36 MP photo is the largest thing it decodes)."""
@@ -329,16 +308,16 @@ def _seeds() -> list[bytes]:
     rng = np.random.default_rng(0)
     small = Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8))
     return [
-        _encode(small, "JPEG", quality=85),
-        _encode(small, "JPEG", quality=85, progressive=True),
-        _encode(small, "PNG"),
-        _encode(small.convert("P"), "PNG", transparency=3),
-        _encode(Image.fromarray(np.asarray(small.convert("L"), dtype=np.uint16) * 257), "PNG"),
-        _encode(small, "WEBP"),
-        _encode(small, "GIF", save_all=True, append_images=[small.rotate(90)]),
-        _encode(small, "TIFF", compression="tiff_deflate"),
-        _encode(small, "BMP"),
-        _encode(small.convert("CMYK"), "JPEG"),
+        encoded(small, "JPEG", quality=85),
+        encoded(small, "JPEG", quality=85, progressive=True),
+        encoded(small, "PNG"),
+        encoded(small.convert("P"), "PNG", transparency=3),
+        encoded(Image.fromarray(np.asarray(small.convert("L"), dtype=np.uint16) * 257), "PNG"),
+        encoded(small, "WEBP"),
+        encoded(small, "GIF", save_all=True, append_images=[small.rotate(90)]),
+        encoded(small, "TIFF", compression="tiff_deflate"),
+        encoded(small, "BMP"),
+        encoded(small.convert("CMYK"), "JPEG"),
     ]
 
 
@@ -394,26 +373,9 @@ def _post(attack: Attack, path: str, key: str, image: bytes, **params) -> reques
     )
 
 
+@pytest.mark.stack
 def test_api_keys_are_stored_as_hashes_only(attack: Attack, mysql_redis_env):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "veilface",
-            "keys",
-            "create-api-key",
-            "--name",
-            "attacks-cli",
-            "--scope",
-            "read",
-        ],
-        env=mysql_redis_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    key = done.stdout.strip().splitlines()[-1]
+    key = cli_api_key(mysql_redis_env, "--name", "attacks-cli", "--scope", "read")
     assert (
         requests.get(f"{attack.url}/v1/galleries", headers=attack.headers(key), timeout=30).status_code == 200
     )
@@ -427,6 +389,7 @@ def test_api_keys_are_stored_as_hashes_only(attack: Attack, mysql_redis_env):
                         assert secret not in str(value), f"an API key in clear in {table}"
 
 
+@pytest.mark.stack
 def test_read_only_key_cannot_change_anything(attack: Attack):
     subject, photo, _ = attack.person
     sandbox = f"{SANDBOX}read-only"
@@ -453,6 +416,7 @@ def test_read_only_key_cannot_change_anything(attack: Attack):
     assert r.status_code == 200 and r.json()["faces"][0]["match"] == subject
 
 
+@pytest.mark.stack
 def test_gallery_bound_key_stays_in_its_gallery(attack: Attack):
     subject, photo, query = attack.person
     for r in (
@@ -480,6 +444,7 @@ def test_gallery_bound_key_stays_in_its_gallery(attack: Attack):
     assert [g["name"] for g in listing["galleries"]] == [BOUND_GALLERY]
 
 
+@pytest.mark.stack
 def test_audit_log_records_enrollment_search_and_deletion_without_content(attack: Attack, lfw_people):
     photos = lfw_people[-2]
     subject = photos[0].parent.name
@@ -542,6 +507,7 @@ def test_audit_log_records_enrollment_search_and_deletion_without_content(attack
 
 
 @pytest.fixture
+@needs_markers("stack")
 def limited_gateway(mysql_redis_env, tmp_path) -> Iterator[str]:
     """A second gunicorn gateway (2 processes) on the shared database and Redis, 20 requests/min."""
     env = {**mysql_redis_env, "VEILFACE_RATE_LIMIT_PER_MINUTE": "20"}
@@ -549,6 +515,7 @@ def limited_gateway(mysql_redis_env, tmp_path) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.stack
 def test_rate_limit_per_key_holds_across_gateway_processes(attack: Attack, limited_gateway: str):
     with session_scope(attack.sessions) as session:
         first = create_api_key(session, "attacks-limited-1", "read")

@@ -19,8 +19,7 @@ import pytest
 import requests
 from sqlalchemy import insert
 
-from tests.conftest import MYSQL_HOST
-from tests.mosaic import mosaic
+from tests.support import MYSQL_HOST, mosaic
 from tests.test_malicious_matcher import GALLERY, Attacked, assert_refused, identify, state
 from tests.test_malicious_matcher import attacked as attacked  # the lying matcher's stack
 from veilface import errors

@@ -30,8 +30,7 @@ from celery.result import AsyncResult
 from kombu.utils.uuid import uuid
 from sqlalchemy import func, select
 
-from tests.conftest import REDIS_URL
-from tests.test_embedded_stack import enroll_main_face
+from tests.support import REDIS_URL, enroll_main_face
 from veilface import errors
 from veilface.api import create_app
 from veilface.api.gateway import Gateway
@@ -251,6 +250,7 @@ def _tapped_probe(bound: Bound) -> tuple[dict, dict]:
     return args[0], envelope["headers"]
 
 
+@pytest.mark.stack
 def test_a_probe_image_taken_from_the_queue_does_not_enroll_into_another_gallery(bound: Bound):
     """The replay that enrolled a victim on main: a sealed probe image re-sent as an enrollment."""
     probe, headers = _tapped_probe(bound)
@@ -297,6 +297,7 @@ def test_a_probe_image_taken_from_the_queue_does_not_enroll_into_another_gallery
     assert bound.stored(VICTIM_GALLERY) == before
 
 
+@pytest.mark.stack
 def test_unsigned_altered_or_expired_messages_are_refused_by_both_workers(bound: Bound):
     gid, version = bound.gallery_id(GALLERY), bound.active_version
     photo = bound.victim[1].read_bytes()
@@ -342,6 +343,7 @@ def test_unsigned_altered_or_expired_messages_are_refused_by_both_workers(bound:
     assert line in bound.log_since("matcher1", marks["matcher1"])
 
 
+@pytest.mark.stack
 def test_an_image_that_is_not_the_hashed_one_is_refused(bound: Bound):
     """Sealed and signed with the deployment's keys, but the photo is not the one the hash names."""
     photo, other = bound.victim[1].read_bytes(), IMAGE
@@ -360,6 +362,7 @@ BLOB = re.compile(r"[A-Za-z0-9+/=]{64,}")
 BOX = re.compile(r"['\"]box['\"]")
 
 
+@pytest.mark.stack
 def test_worker_logs_hold_no_ciphertext_no_face_box_no_task_values(bound: Bound, admin_headers):
     r = requests.post(
         f"{bound.stack.url}/v1/galleries/{GALLERY}/identify",
@@ -380,6 +383,7 @@ def test_worker_logs_hold_no_ciphertext_no_face_box_no_task_values(bound: Bound,
 # -- the embedded stack: SQLite queue and result store ------------------------------------------
 
 
+@pytest.mark.stack
 def test_the_embedded_queue_keeps_no_consumed_message(embedded_stack, admin_headers, lfw_people):
     """A demo-like run (enroll, identify, verify); then the queue and result files hold no message,
     not even in freed pages."""

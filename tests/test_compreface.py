@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 import venv
 from pathlib import Path
@@ -27,6 +26,7 @@ from flask import Flask
 from PIL import Image
 from sqlalchemy import select
 
+from tests.support import cli_api_key, needs_markers
 from veilface import errors
 from veilface.api.compreface import blueprint as compreface_blueprint
 from veilface.api.compreface import ids, replies
@@ -485,6 +485,7 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
+@needs_markers("install")
 def sdk_python() -> Path:
     """Python of a virtual environment holding the released compreface-sdk (cached under var/)."""
     python, stamp = SDK_VENV / "bin" / "python", SDK_VENV / "requirements.txt"
@@ -503,20 +504,7 @@ def sdk_python() -> Path:
 
 
 def _cli_key(env: dict[str, str], *extra: str) -> str:
-    argv = [
-        sys.executable,
-        "-m",
-        "veilface",
-        "keys",
-        "create-api-key",
-        "--gallery",
-        GALLERY,
-        "--compreface",
-        *extra,
-    ]
-    result = _run(argv, env=env, cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stderr
-    key = result.stdout.strip().splitlines()[-1]
+    key = cli_api_key(env, "--gallery", GALLERY, "--compreface", *extra)
     assert uuid.UUID(key)  # shaped like a CompreFace service key
     return key
 
@@ -559,6 +547,8 @@ def sdk_run(stack, mysql_redis_env, lfw_people, sdk_python, tmp_path_factory) ->
     return json.loads(result.stdout)
 
 
+@pytest.mark.install
+@pytest.mark.stack
 def test_sdk_enrolls_lists_and_recognizes(sdk_run):
     assert sdk_run["add_subject"] == {"subject": "spare-subject"}
     assert sdk_run["add_subject_again"] == {"message": "Subject already exists", "code": 43}
@@ -584,6 +574,8 @@ def test_sdk_enrolls_lists_and_recognizes(sdk_run):
         assert set(answer["plugins_versions"]) == {"detector", "calculator"}
 
 
+@pytest.mark.install
+@pytest.mark.stack
 def test_sdk_verifies_and_detects(sdk_run):
     same = sdk_run["verify_same"]["result"][0]
     other = sdk_run["verify_other"]["result"][0]
@@ -599,6 +591,8 @@ def test_sdk_verifies_and_detects(sdk_run):
     assert "result" in sdk_run["read_only_recognize"]
 
 
+@pytest.mark.install
+@pytest.mark.stack
 def test_sdk_renames_and_deletes(sdk_run):
     a, b, _, d, e = (p["name"] for p in sdk_run["enrolled"])
     assert sdk_run["rename"] == {"updated": True}
@@ -615,6 +609,7 @@ def test_sdk_renames_and_deletes(sdk_run):
     assert sdk_run["list_after_clear"]["total_elements"] == 0
 
 
+@pytest.mark.stack
 def test_unbound_admin_key_is_refused(stack, admin_headers):
     r = requests.get(f"{stack.url}/api/v1/recognition/subjects", headers=admin_headers, timeout=30)
     assert r.status_code == 404 and r.json()["code"] == 10

@@ -18,16 +18,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 from PIL import Image
 from sqlalchemy import select
 
+from tests.support import faceless_jpeg, needs_markers
 from veilface.config import load_settings
 from veilface.store.apikeys import create_api_key, revoke_api_key
 from veilface.store.db import make_engine, session_factory, session_scope
 from veilface.store.models import ApiKey
+
+pytestmark = pytest.mark.stack
 
 CHROMIUM = Path(os.environ.get("VEILFACE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -48,15 +50,6 @@ CONSOLE_PAGES = ("login", "enroll", "identify", "verify", "galleries", "status")
 
 def display_name(photo: Path) -> str:
     return photo.parent.name.replace("_", " ")
-
-
-def faceless_jpeg() -> bytes:
-    """A smooth noisy gradient: decodable, with no face in it."""
-    rng = np.random.default_rng(7)
-    gradient = np.linspace(0, 255, 320 * 240 * 3).reshape(240, 320, 3) + rng.normal(0, 3, (240, 320, 3))
-    out = io.BytesIO()
-    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(out, "JPEG")
-    return out.getvalue()
 
 
 def two_faces_jpeg(left: Path, right: Path) -> bytes:
@@ -121,6 +114,7 @@ class Watch:
 
 
 @pytest.fixture(scope="module")
+@needs_markers("browser")
 def playwright():
     """Playwright driving Debian's Chromium; a missing piece fails with what to install."""
     try:
@@ -282,6 +276,7 @@ def test_status_report_gives_model_ckks_parameters_and_queues(stack, admin_heade
 # -- sign in and out -------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_sign_in_is_required_keeps_the_key_out_of_urls_and_cookies(
     chromium, stack, admin_headers, screenshots
 ):
@@ -322,6 +317,7 @@ def test_sign_in_is_required_keeps_the_key_out_of_urls_and_cookies(
         context.close()
 
 
+@pytest.mark.browser
 def test_every_control_has_a_test_id(console_tab, stack, admin_headers):
     page, watch = console_tab
     for name in CONSOLE_PAGES[1:]:
@@ -334,6 +330,7 @@ def test_every_control_has_a_test_id(console_tab, stack, admin_headers):
 # -- the flow: enroll, identify, verify, manage ----------------------------------------------
 
 
+@pytest.mark.browser
 def test_enroll_two_identities_with_boxes_and_per_image_errors(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -386,6 +383,7 @@ def test_enroll_two_identities_with_boxes_and_per_image_errors(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_identify_finds_the_enrolled_person_and_calls_a_stranger_unknown(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -413,6 +411,7 @@ def test_identify_finds_the_enrolled_person_and_calls_a_stranger_unknown(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_webcam_capture_identifies_the_person_in_front_of_the_camera(
     playwright, stack, admin_headers, people, screenshots, tmp_path
 ):
@@ -453,6 +452,7 @@ def test_webcam_capture_identifies_the_person_in_front_of_the_camera(
         browser.close()
 
 
+@pytest.mark.browser
 def test_identify_is_readable_on_a_phone_with_a_large_photo(
     chromium, stack, admin_headers, people, screenshots
 ):
@@ -482,6 +482,7 @@ def test_identify_is_readable_on_a_phone_with_a_large_photo(
         context.close()
 
 
+@pytest.mark.browser
 def test_verify_two_photos_and_a_photo_against_a_subject(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -510,6 +511,7 @@ def test_verify_two_photos_and_a_photo_against_a_subject(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_galleries_list_counts_and_delete_a_subject_after_confirmation(
     console_tab, stack, admin_headers, people, screenshots
 ):
@@ -556,6 +558,7 @@ def test_galleries_list_counts_and_delete_a_subject_after_confirmation(
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admin_headers, screenshots):
     from veilface.crypto.params import DEFAULT_PARAMS
 
@@ -581,6 +584,7 @@ def test_status_shows_workers_model_ckks_and_key_holder(console_tab, stack, admi
     watch.assert_clean(admin_headers["X-API-Key"])
 
 
+@pytest.mark.browser
 def test_status_with_a_read_key_shows_readiness_without_worker_details(chromium, stack, mysql_redis_env):
     """/readyz details need an admin key: the page falls back to the bare status and says so."""
     sessions = session_factory(make_engine(load_settings(mysql_redis_env)))
@@ -606,6 +610,7 @@ def test_status_with_a_read_key_shows_readiness_without_worker_details(chromium,
 # -- hostile names -----------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_hostile_names_are_shown_as_text_and_never_run(
     console_tab, stack, admin_headers, people, screenshots
 ):

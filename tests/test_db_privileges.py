@@ -16,19 +16,15 @@ import requests
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import (
-    MYSQL_DATABASE,
-    SERVICE_ACCOUNTS,
-    _stack_env,
-    drop_mysql_database,
-    fresh_mysql_database,
-    service_accounts,
-)
+from tests.support import MYSQL, MYSQL_DATABASE, SERVICE_PASSWORD, stack_env, veilface_cli
+from veilface.local.services import SERVICE_ACCOUNTS
 from veilface.local.stack import SERVICES as SERVICE_DIRS
 from veilface.store.apikeys import create_api_key, hash_key
 from veilface.store.db import session_factory, session_scope
 from veilface.store.models import ApiKey, AuditEntry
 from veilface.store.privileges import GRANTS, granted_rights, held_rights
+
+pytestmark = pytest.mark.stack
 
 WORKERS = ("embedder", "matcher")
 #: MariaDB's "<command> command denied to user ... for table" and "... for column".
@@ -133,18 +129,16 @@ def test_each_stack_process_connects_with_its_own_account(stack, mysql_redis_env
     assert users <= {"root"} | {f"{MYSQL_DATABASE}_{service}" for service in SERVICE_ACCOUNTS}
 
 
-def _migrate(env: dict[str, str]) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "veilface", "db", "migrate"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-
-
 def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_path: Path, key_dir: Path):
     database = f"{MYSQL_DATABASE}_grants"
-    env = _stack_env(
-        tmp_path, key_dir, VEILFACE_DATABASE_URL=fresh_mysql_database(database), **service_accounts(database)
+    env = stack_env(
+        tmp_path,
+        key_dir,
+        VEILFACE_DATABASE_URL=MYSQL.create_database(database),
+        **MYSQL.service_urls(database, SERVICE_PASSWORD),
     )
     try:
-        done = _migrate(env)
+        done = veilface_cli(env, "db", "migrate", check=False)
         assert done.returncode == 0, done.stderr
         owner = create_engine(env["VEILFACE_DATABASE_URL"])
         with owner.connect() as conn:
@@ -152,7 +146,7 @@ def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_pa
                 assert held_rights(conn, f"{database}_{service}") == granted_rights(service, database)
             conn.exec_driver_sql(f"GRANT ALL ON `{database}`.* TO '{database}_matcher'@'%%'")
         assert _refused(_url(env, "matcher"), "DELETE FROM api_keys") == 0
-        done = _migrate(env)
+        done = veilface_cli(env, "db", "migrate", check=False)
         assert done.returncode == 0, done.stderr
         with owner.connect() as conn:
             assert held_rights(conn, f"{database}_matcher") == granted_rights("matcher", database)
@@ -160,24 +154,24 @@ def test_migrate_creates_the_accounts_and_takes_back_rights_added_by_hand(tmp_pa
         assert _refused(_url(env, "matcher"), "DELETE FROM api_keys") in DENIED
         assert set(GRANTS["matcher"]).isdisjoint({"api_keys", "audit_log"})
     finally:
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def test_migrate_refuses_an_account_shared_by_two_services(tmp_path: Path, key_dir: Path):
     database = f"{MYSQL_DATABASE}_shared"
-    accounts = service_accounts(database)
+    accounts = MYSQL.service_urls(database, SERVICE_PASSWORD)
     accounts["VEILFACE_EMBEDDER_DATABASE_URL"] = accounts["VEILFACE_MATCHER_DATABASE_URL"]
-    env = _stack_env(tmp_path, key_dir, VEILFACE_DATABASE_URL=fresh_mysql_database(database), **accounts)
+    env = stack_env(tmp_path, key_dir, VEILFACE_DATABASE_URL=MYSQL.create_database(database), **accounts)
     try:
-        done = _migrate(env)
+        done = veilface_cli(env, "db", "migrate", check=False)
         assert done.returncode != 0 and "an account of its own" in done.stderr
     finally:
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def test_a_gateway_without_a_schema_refuses_to_start_in_one_line(tmp_path: Path, key_dir: Path):
     """Services hold no DDL right: they no longer create the schema, they name the command that does."""
-    env = _stack_env(tmp_path, key_dir, VEILFACE_BIND="127.0.0.1:0")
+    env = stack_env(tmp_path, key_dir, VEILFACE_BIND="127.0.0.1:0")
     env["VEILFACE_GATEWAY_WORKERS"] = "1"  # with two, gunicorn's halt may race the second one's boot
     done = subprocess.run(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -15,10 +15,12 @@ import redis
 import requests
 from sqlalchemy import create_engine, inspect, text
 
-from tests.conftest import REDIS_URL
+from tests.support import REDIS_URL
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
 from veilface.models.registry import ModelRegistry
+
+pytestmark = pytest.mark.stack
 
 GALLERY = "lfw-e2e"
 N_IDENTITIES = 50

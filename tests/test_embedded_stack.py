@@ -4,11 +4,8 @@ documented bad input answered with its status and error code while the service k
 
 from __future__ import annotations
 
-import io
 import sqlite3
-import struct
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
-from tests.conftest import _run_stack, _stack_env
+from tests.support import (
+    enroll_main_face,
+    faceless_jpeg,
+    match_of_main_face,
+    needs_markers,
+    png_claiming,
+    run_stack,
+    stack_env,
+)
 from veilface.config import load_settings
 from veilface.crypto.keyfiles import generate_message_keys
 from veilface.crypto.params import CkksParams
@@ -27,78 +31,34 @@ from veilface.local.stack import Stack
 from veilface.models.projection import fit_pca
 from veilface.models.registry import ModelRegistry
 
+pytestmark = pytest.mark.stack
+
 GALLERY = "embedded"
-
-
-def _png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header and a tiny zlib stream claiming ``width`` x ``height`` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    row = b"\x00" + b"\x00" * (width * 3)
-    compressor = zlib.compressobj(9)
-    body = b"".join(compressor.compress(row) for _ in range(64)) + compressor.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
-
-
-def _faceless_jpeg() -> bytes:
-    rng = np.random.default_rng(7)
-    gradient = np.linspace(0, 255, 320 * 240 * 3).reshape(240, 320, 3) + rng.normal(0, 3, (240, 320, 3))
-    out = io.BytesIO()
-    Image.fromarray(np.clip(gradient, 0, 255).astype(np.uint8)).save(out, "JPEG")
-    return out.getvalue()
-
-
-def enroll_main_face(stack: Stack, headers: dict[str, str], photo: Path, gallery: str = GALLERY) -> None:
-    """Enroll the main face of ``photo`` as the subject named by its folder; asserts a 201."""
-    r = requests.post(
-        f"{stack.url}/v1/galleries/{gallery}/subjects/{photo.parent.name}/faces",
-        headers=headers,
-        files=[("image", photo.read_bytes())],
-        params={"face": "main"},
-        timeout=120,
-    )
-    assert r.status_code == 201, r.text
-
-
-def match_of_main_face(
-    stack: Stack, headers: dict[str, str], photo: Path, gallery: str = GALLERY
-) -> str | None:
-    """The identify decision for the main face of ``photo`` (listed first); asserts a 200."""
-    r = requests.post(
-        f"{stack.url}/v1/galleries/{gallery}/identify",
-        headers=headers,
-        files=[("image", photo.read_bytes())],
-        timeout=120,
-    )
-    assert r.status_code == 200, r.text
-    return r.json()["faces"][0]["match"]
 
 
 def test_enroll_and_identify_on_embedded_defaults(embedded_stack, admin_headers, lfw_people):
     people = lfw_people[:3]
     for photos in people:
-        enroll_main_face(embedded_stack, admin_headers, photos[0])
+        enroll_main_face(embedded_stack, admin_headers, photos[0], GALLERY)
     target = people[2]
-    assert match_of_main_face(embedded_stack, admin_headers, target[1]) == target[0].parent.name
+    assert match_of_main_face(embedded_stack, admin_headers, target[1], GALLERY) == target[0].parent.name
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def ensemble_stack(tmp_path_factory, key_dir: Path) -> Iterator[Stack]:
     """The embedded stack serving the ensemble version: 1024-D templates, compaction after 4."""
     var_dir = tmp_path_factory.mktemp("var-ensemble")
-    env = _stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs")
+    env = stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs")
     env["VEILFACE_COMPACTION_THRESHOLD"] = "4"
-    yield from _run_stack(env, var_dir)
+    yield from run_stack(env, var_dir)
 
 
 def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
     headers = {"X-API-Key": ensemble_stack.env["VEILFACE_BOOTSTRAP_API_KEY"]}
     people = lfw_people[100:106]
     for photos in people:
-        enroll_main_face(ensemble_stack, headers, photos[0])
+        enroll_main_face(ensemble_stack, headers, photos[0], GALLERY)
     subjects = f"{ensemble_stack.url}/v1/galleries/{GALLERY}/subjects"
     listing = requests.get(subjects, headers=headers, timeout=10).json()
     assert listing["active_model_version"] == "edgeface_xs_xxs"
@@ -118,10 +78,11 @@ def test_the_ensemble_version_serves_end_to_end(ensemble_stack, lfw_people):
         time.sleep(1)
     assert states.get("packed", 0) >= 4 and sum(states.values()) == len(people), states
     for photos in people:
-        assert match_of_main_face(ensemble_stack, headers, photos[1]) == photos[0].parent.name
+        assert match_of_main_face(ensemble_stack, headers, photos[1], GALLERY) == photos[0].parent.name
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def short_keys_stack(tmp_path_factory) -> Iterator[Stack]:
     """The embedded stack serving the 1024-D default on a key set whose Galois keys serve 512-D
     templates at most (as key sets made before the ensemble became the default)."""
@@ -129,7 +90,7 @@ def short_keys_stack(tmp_path_factory) -> Iterator[Stack]:
     generate_keyset(key_dir, CkksParams(max_dim=512))
     generate_message_keys(key_dir)
     var_dir = tmp_path_factory.mktemp("var-short-keys")
-    yield from _run_stack(_stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs"), var_dir)
+    yield from run_stack(stack_env(var_dir, key_dir, VEILFACE_RECOGNIZER="edgeface_xs_xxs"), var_dir)
 
 
 def test_a_model_longer_than_the_keys_serve_is_refused_with_the_way_out(short_keys_stack, lfw_people):
@@ -162,17 +123,17 @@ def test_a_compact_gallery_serves_on_keys_too_short_for_the_full_templates(short
     r = requests.put(url, json={"projection": "pca256"}, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     photo = lfw_people[111][0]
-    enroll_main_face(short_keys_stack, headers, photo, gallery="compact")
-    assert match_of_main_face(short_keys_stack, headers, photo, gallery="compact") == photo.parent.name
+    enroll_main_face(short_keys_stack, headers, photo, "compact")
+    assert match_of_main_face(short_keys_stack, headers, photo, "compact") == photo.parent.name
 
 
 BAD_INPUTS = [
     ("empty file", lambda lfw: b"", 415, "invalid_image"),
     ("text renamed .jpg", lambda lfw: b"this is not an image\n" * 20, 415, "invalid_image"),
     ("truncated JPEG", lambda lfw: lfw[0][0].read_bytes()[:600], 415, "invalid_image"),
-    ("20000x20000 PNG", lambda lfw: _png_bomb(20000, 20000), 413, "image_too_large"),
+    ("20000x20000 PNG", lambda lfw: png_claiming(20000, 20000), 413, "image_too_large"),
     ("30 MB upload", lambda lfw: b"\xff\xd8" + b"\x00" * (30 * 1024 * 1024), 413, "image_too_large"),
-    ("no face", lambda lfw: _faceless_jpeg(), 422, "no_face"),
+    ("no face", lambda lfw: faceless_jpeg(), 422, "no_face"),
 ]
 
 

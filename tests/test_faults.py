@@ -17,8 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,26 +26,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import requests
-from celery.result import AsyncResult
 from sqlalchemy import create_engine, text
 
-from tests.conftest import (
+from tests.support import (
+    MYSQL,
     MYSQL_HOST,
-    _stack_env,
-    drop_mysql_database,
-    free_port,
-    fresh_mysql_database,
+    SERVICE_PASSWORD,
+    Logs,
+    gateway_sender,
+    needs_markers,
     new_key_set,
-    service_accounts,
+    stack_env,
+    veilface_cli,
 )
 from veilface import errors
 from veilface.api import create_app
 from veilface.config import load_settings
+from veilface.local.services import RedisServer, free_port, wait_for
 from veilface.local.stack import Stack
 from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH, b64encode
 from veilface.search.routing import owner
+
+pytestmark = [pytest.mark.stack, pytest.mark.faults]
 
 TASK_TIMEOUT_S = 15
 VISIBILITY_S = 6
@@ -58,56 +59,6 @@ MAX_REQUEST_S = TASK_TIMEOUT_S + 20
 
 
 # -- infrastructure the tests break -----------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of this test alone, with AOF as in deploy/docker-compose.yml."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.folder),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-            "--logfile",
-            str(self.folder / "redis.log"),
-        ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _ping(client), 20, "private redis to start")
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, not a clean shutdown (AOF keeps all but the last second)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 class TcpProxy:
@@ -183,49 +134,11 @@ class TcpProxy:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-class Logs:
-    """Reads what the stack's processes logged since :meth:`mark`."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.offsets: dict[str, int] = {}
-
-    def mark(self) -> None:
-        self.offsets = {p.stem: p.stat().st_size for p in self.folder.glob("*.log")}
-
-    def since_mark(self, name: str) -> str:
-        path = self.folder / f"{name}.log"
-        if not path.exists():
-            return ""
-        with path.open("rb") as fh:
-            fh.seek(self.offsets.get(name, 0))
-            return fh.read().decode("utf-8", "replace")
-
-    def who_received(self, task: str, names: list[str], timeout_s: float = 30) -> str:
-        needle = f"{task}["
-
-        def found() -> str | None:
-            return next((n for n in names if needle in self.since_mark(n)), None)
-
-        return wait_for(found, timeout_s, f"a worker to receive {task}", 0.05)
-
-
 @dataclass
 class Faults:
     stack: Stack
     env: dict[str, str]
-    redis: PrivateRedis
+    redis: RedisServer
     proxy: TcpProxy
     database: str
     headers: dict[str, str]
@@ -243,7 +156,7 @@ class Faults:
 
     def db(self):
         """A connection to the real MariaDB, bypassing the proxy."""
-        return create_engine(f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{self.database}?charset=utf8mb4")
+        return create_engine(MYSQL.url(self.database))
 
     def scalar(self, sql: str, **params):
         engine = self.db()
@@ -333,17 +246,6 @@ def identify_until_correct(f: Faults, gallery: str, subject: str, photo: Path, t
     )
 
 
-def gateway_sender(env: dict[str, str]) -> Callable[[str, list, str], AsyncResult]:
-    """``send(task, args, queue)``: queue a task signed with the task key, as the gateway does."""
-    from veilface.messaging.app import make_celery, send_signed
-    from veilface.messaging.signing import TaskSigner
-
-    settings = load_settings(env)
-    celery = make_celery(settings)
-    signer = TaskSigner.from_file(settings.task_key_path, settings.message_ttl_s)
-    return lambda task, args, queue: send_signed(celery, signer, task, args, queue)
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -373,18 +275,18 @@ def matcher_names(f: Faults) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack", "faults")
 def faults(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Faults]:
     folder = tmp_path_factory.mktemp("faults")
-    private_redis = PrivateRedis(folder / "redis")
-    private_redis.start()
+    private_redis = RedisServer(folder / "redis", appendonly=True).start()
     proxy = TcpProxy((MYSQL_HOST, 3306))
     database = f"veilface_faults_{os.getpid()}"
-    fresh_mysql_database(database)
-    env = _stack_env(
+    MYSQL.create_database(database)
+    env = stack_env(
         folder / "var",
         key_dir,
         VEILFACE_DATABASE_URL=f"mysql+mysqldb://root@127.0.0.1:{proxy.port}/{database}?charset=utf8mb4",
-        **service_accounts(database, port=proxy.port),
+        **MYSQL.service_urls(database, SERVICE_PASSWORD, port=proxy.port),
         VEILFACE_BROKER_URL=private_redis.url,
         VEILFACE_TASK_TIMEOUT_S=str(TASK_TIMEOUT_S),
         VEILFACE_BROKER_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
@@ -406,7 +308,7 @@ def faults(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Faults]:
         stack.stop()
         proxy.close()
         private_redis.kill()
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def _enroll_people_on_both_matchers(f: Faults, count: int = 4) -> None:
@@ -868,18 +770,9 @@ def test_hostile_messages_on_matcher_queues_are_refused_without_a_crash(faults: 
 # -- key rotation, backup and restore -----------------------------------------------------
 
 
-def _cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "veilface", *args], env=env, capture_output=True, text=True, timeout=300
-    )
-    if ok:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: Path):
     backup_dir, keys_backup = tmp_path / "backup", tmp_path / "backup-keys"
-    done = _cli(faults.env, "backup", str(backup_dir), "--keys-out", str(keys_backup))
+    done = veilface_cli(faults.env, "backup", str(backup_dir), "--keys-out", str(keys_backup))
     assert "keys: key set" in done.stdout
     assert (
         not (backup_dir / "secret.ctx").exists() and (keys_backup / "secret.ctx").stat().st_mode & 0o077 == 0
@@ -888,20 +781,20 @@ def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: P
     # Disaster: a new database and an empty key folder, restored from the two backups.
     restored_db = f"veilface_restored_{os.getpid()}"
     key_dir = tmp_path / "restored-keys"
-    env = _stack_env(
+    env = stack_env(
         tmp_path / "var",
         key_dir,
-        VEILFACE_DATABASE_URL=fresh_mysql_database(restored_db),
-        **service_accounts(restored_db),
+        VEILFACE_DATABASE_URL=MYSQL.create_database(restored_db),
+        **MYSQL.service_urls(restored_db, SERVICE_PASSWORD),
         VEILFACE_BROKER_URL=f"redis://127.0.0.1:{faults.redis.port}/1",
         VEILFACE_TASK_TIMEOUT_S=str(TASK_TIMEOUT_S),
         VEILFACE_WORKER_TTL_S=str(WORKER_TTL_S),
     )
     try:
-        refused = _cli(env, "restore", str(backup_dir), ok=False)
+        refused = veilface_cli(env, "restore", str(backup_dir), check=False)
         assert refused.returncode != 0 and "--keys-from" in refused.stdout + refused.stderr
-        _cli(env, "restore", str(backup_dir), "--keys-from", str(keys_backup))
-        again = _cli(env, "restore", str(backup_dir), ok=False)
+        veilface_cli(env, "restore", str(backup_dir), "--keys-from", str(keys_backup))
+        again = veilface_cli(env, "restore", str(backup_dir), check=False)
         assert again.returncode != 0 and "--force" in again.stdout + again.stderr
         stack = Stack(env=env, bind=f"127.0.0.1:{free_port()}", log_dir=tmp_path / "logs")
         restored = Faults(
@@ -916,7 +809,7 @@ def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: P
 
             # Rotation: running workers of the old key set stop by themselves; after the
             # restart nothing matches until the subjects are enrolled again.
-            done = _cli(env, "keys", "rotate", "--yes")
+            done = veilface_cli(env, "keys", "rotate", "--yes")
             assert "must be enrolled again" in done.stdout
             for name in ("embedder1", "matcher1"):
                 assert stack.processes[name].wait(timeout=60) is not None
@@ -936,5 +829,5 @@ def test_backup_restore_then_search_then_rotate_keys(faults: Faults, tmp_path: P
         finally:
             stack.stop()
     finally:
-        drop_mysql_database(restored_db)
+        MYSQL.drop_database(restored_db)
         shutil.rmtree(key_dir, ignore_errors=True)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import _stack_env, free_port
+from tests.support import stack_env
 from veilface import errors
 from veilface.config import load_settings
+from veilface.local.services import free_port
 from veilface.store.db import MYSQL_DRIVER_HINT, make_engine
 
 STOP_TIMEOUT_S = 30
@@ -53,7 +54,7 @@ def _port_free(port: int) -> bool:
 
 def _start_stack(tmp_path: Path, key_dir: Path) -> tuple[subprocess.Popen, Path, int]:
     var_dir, port = tmp_path / "var", free_port()
-    env = _stack_env(var_dir, key_dir)
+    env = stack_env(var_dir, key_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "veilface.local.stack", "--bind", f"127.0.0.1:{port}", "--stop-timeout", "20"],
         env=env,
@@ -72,6 +73,7 @@ def _assert_stopped_cleanly(proc: subprocess.Popen, var_dir: Path, port: int) ->
     return output
 
 
+@pytest.mark.stack
 def test_sigterm_during_start_up_stops_every_child(tmp_path: Path, key_dir: Path):
     proc, var_dir, port = _start_stack(tmp_path, key_dir)
     logs = var_dir / "logs"
@@ -86,6 +88,7 @@ def test_sigterm_during_start_up_stops_every_child(tmp_path: Path, key_dir: Path
     assert "veilface is up" not in output
 
 
+@pytest.mark.stack
 def test_sigterm_after_ready_stops_every_child_and_the_front_door_works(tmp_path: Path, key_dir: Path):
     proc, var_dir, port = _start_stack(tmp_path, key_dir)
     lines = []
@@ -114,6 +117,7 @@ def test_sigterm_after_ready_stops_every_child_and_the_front_door_works(tmp_path
     assert "SIGTERM: stopping the stack" in output
 
 
+@pytest.mark.stack
 def test_a_child_that_ignores_sigterm_is_killed_and_the_exit_status_says_so(tmp_path: Path):
     """The stop timeout bounds the stop; a child that had to be killed makes it exit non-zero."""
     from veilface.local.stack import Stack
@@ -147,6 +151,7 @@ def test_a_mysql_url_without_the_driver_says_what_to_install(monkeypatch):
     assert "libmariadb-dev pkg-config" in MYSQL_DRIVER_HINT and "veilface[mysql]" in MYSQL_DRIVER_HINT
 
 
+@pytest.mark.install
 def test_the_base_install_and_the_demo_need_no_mysql_client_library(tmp_path: Path):
     """A fresh venv on a machine without the MariaDB client library (hidden from pkg-config, pip's
     cache off) installs the package and imports what ``make demo`` runs; ``make install-mysql``

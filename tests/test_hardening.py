@@ -120,6 +120,7 @@ def test_a_short_bootstrap_key_or_metrics_token_is_refused(make_app, setting: st
         make_app(**{setting: "k" * (MIN_SECRET_LENGTH - 1)})
 
 
+@pytest.mark.stack
 def test_gunicorn_refuses_a_short_bootstrap_key_in_one_line(tmp_path: Path, key_dir: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEILFACE_")}
     env.update(

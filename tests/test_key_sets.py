@@ -10,14 +10,9 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import (
-    MYSQL_DATABASE,
-    SERVICE_ACCOUNTS,
-    drop_mysql_database,
-    fresh_mysql_database,
-    service_accounts,
-)
+from tests.support import MYSQL, MYSQL_DATABASE, SERVICE_PASSWORD
 from veilface.errors import KeyMismatch
+from veilface.local.services import SERVICE_ACCOUNTS
 from veilface.store.db import create_schema, session_factory, session_scope
 from veilface.store.keysets import announce_key_set, check_key_set, deployment_key_set, set_key_set
 from veilface.store.models import KeySet, Worker
@@ -38,7 +33,7 @@ def test_the_migration_moves_the_key_set_out_of_its_legacy_worker_row(backend: s
     named and of kind ``gateway``. The migration makes it the deployment's key set, removes the row,
     leaves the real workers alone, and changes nothing when run again."""
     name = f"{MYSQL_DATABASE}_keysets"
-    url = fresh_mysql_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
+    url = MYSQL.create_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
     create_schema(engine)
     announced = datetime(2026, 11, 1, 12, 30, 5)
@@ -61,7 +56,7 @@ def test_the_migration_moves_the_key_set_out_of_its_legacy_worker_row(backend: s
             check_key_set(session, NEW)
     engine.dispose()
     if backend == "mariadb":
-        drop_mysql_database(name)
+        MYSQL.drop_database(name)
 
 
 def test_a_recorded_key_set_wins_over_a_legacy_row(tmp_path: Path):
@@ -89,9 +84,9 @@ def _denied(sessions, write) -> int:
 
 def test_only_the_gateway_records_the_key_set_and_no_service_deletes_it():
     database = f"{MYSQL_DATABASE}_keyrights"
-    owner = create_engine(fresh_mysql_database(database))
+    owner = create_engine(MYSQL.create_database(database))
     urls = {
-        service: service_accounts(database)[f"VEILFACE_{service.upper()}_DATABASE_URL"]
+        service: MYSQL.service_urls(database, SERVICE_PASSWORD)[f"VEILFACE_{service.upper()}_DATABASE_URL"]
         for service in SERVICE_ACCOUNTS
     }
     engines = {service: create_engine(url) for service, url in urls.items()}
@@ -115,4 +110,4 @@ def test_only_the_gateway_records_the_key_set_and_no_service_deletes_it():
     finally:
         for engine in (owner, *engines.values()):
             engine.dispose()
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)

@@ -23,20 +23,16 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.conftest import (
-    MYSQL_HOST,
-    _stack_env,
-    drop_mysql_database,
-    free_port,
-    fresh_mysql_database,
-)
-from tests.test_faults import Logs, PrivateRedis, gateway_sender, wait_for
+from tests.support import MYSQL, MYSQL_HOST, Logs, gateway_sender, needs_markers, stack_env
 from veilface.crypto.keyfiles import read_key
+from veilface.local.services import RedisServer, free_port, wait_for
 from veilface.local.stack import REPO, Stack
 from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT, TASK_PAIR, TASK_SEARCH
 from veilface.search.sentinels import MAX_RUN
 from veilface.store.db import session_factory, session_scope
 from veilface.store.sentinels import SentinelKeeper
+
+pytestmark = pytest.mark.stack
 
 GALLERY = "victims"
 REFUSED = "veilface_refused_matcher_answers_total"
@@ -67,7 +63,7 @@ class Attacked:
         )
 
     def query(self, sql: str) -> list[tuple]:
-        engine = create_engine(f"mysql+mysqldb://root@{MYSQL_HOST}:3306/{self.database}?charset=utf8mb4")
+        engine = create_engine(MYSQL.url(self.database))
         try:
             with engine.connect() as conn:
                 return [tuple(row) for row in conn.execute(text(sql))]
@@ -110,15 +106,15 @@ def _start_lying_matcher(stack: Stack, mode_file: Path, log_dir: Path) -> subpro
 
 
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
     folder = tmp_path_factory.mktemp("malicious")
-    private_redis = PrivateRedis(folder / "redis")
-    private_redis.start()
+    private_redis = RedisServer(folder / "redis", appendonly=True).start()
     database = f"veilface_malicious_{os.getpid()}"
-    env = _stack_env(
+    env = stack_env(
         folder / "var",
         key_dir,
-        VEILFACE_DATABASE_URL=fresh_mysql_database(database),
+        VEILFACE_DATABASE_URL=MYSQL.create_database(database),
         VEILFACE_BROKER_URL=private_redis.url,
         VEILFACE_TASK_TIMEOUT_S="60",
     )
@@ -151,7 +147,7 @@ def attacked(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Attacked]:
         liar.wait(timeout=30)
         stack.stop()
         private_redis.kill()
-        drop_mysql_database(database)
+        MYSQL.drop_database(database)
 
 
 def assert_refused(attacked: Attacked, response: requests.Response, task: str, before: tuple) -> None:
@@ -257,8 +253,8 @@ def planted(attacked: Attacked, key_dir: Path, lfw_people) -> list[tuple[int, in
     photo = lfw_people[3][0]
     r = attacked.post(f"/v1/galleries/{GALLERY}/subjects/{photo.parent.name}/faces?face=main", image=photo)
     assert r.status_code == 201, r.text
-    # Sent again until it is done: the compaction lock is named per gallery id on the whole server,
-    # which other test databases share.
+    # Sent again until it is done: a compaction asked for while another one holds the gallery's
+    # lock is skipped, not queued.
     send, deadline = gateway_sender(attacked.stack.env), time.monotonic() + 240
     while attacked.query("SELECT COUNT(*) FROM templates WHERE state = 'delta'") != [(0,)]:
         assert time.monotonic() < deadline, "the delta and the sentinels were not packed"

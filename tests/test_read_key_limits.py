@@ -12,8 +12,6 @@ gallery. The least-squares template reconstruction that rebuilt a template from 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,8 +25,7 @@ import redis
 import requests
 from sqlalchemy import func, select
 
-from tests.conftest import UNTHROTTLED, gateway_process
-from tests.mosaic import mosaic
+from tests.support import UNTHROTTLED, cli_api_key, enroll_main_face, gateway_process, mosaic, needs_markers
 from veilface.api.ratelimit import WINDOW_S
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
@@ -37,6 +34,8 @@ from veilface.store import galleries as store
 from veilface.store.apikeys import create_api_key
 from veilface.store.db import make_engine, session_factory, session_scope
 from veilface.store.models import ApiKey, AuditEntry, Gallery
+
+pytestmark = pytest.mark.stack
 
 GALLERY = "read-limits"
 VICTIM = "victim"
@@ -73,50 +72,22 @@ class Setup:
         )
 
 
-def _enroll(url: str, headers: dict[str, str], subject: str, photo: Path) -> None:
-    r = requests.post(
-        f"{url}/v1/galleries/{GALLERY}/subjects/{subject}/faces",
-        headers=headers,
-        files=[("image", photo.read_bytes())],
-        params={"face": "main"},
-        timeout=120,
-    )
-    assert r.status_code == 201, r.text
-
-
 @pytest.fixture(scope="module")
+@needs_markers("stack")
 def setup(stack, mysql_redis_env, admin_headers, lfw_people, tmp_path_factory) -> Iterator[Setup]:
     """The gallery (victim, 6 aliases, 4 others), keys of each scope and the limited gateway."""
     settings = load_settings(mysql_redis_env)
     sessions = session_factory(make_engine(settings))
     victim = next(p for p in lfw_people[200:] if len(p) >= ALIASES + 2)
     others = [p for p in lfw_people[300:] if p[0].parent != victim[0].parent][:OTHERS]
-    _enroll(stack.url, admin_headers, VICTIM, victim[0])
+    enroll_main_face(stack, admin_headers, victim[0], GALLERY, VICTIM)
     for n, photo in enumerate(victim[1 : ALIASES + 1], 1):
-        _enroll(stack.url, admin_headers, f"alias-{n}", photo)
+        enroll_main_face(stack, admin_headers, photo, GALLERY, f"alias-{n}")
     for people in others:
-        _enroll(stack.url, admin_headers, people[0].parent.name, people[0])
+        enroll_main_face(stack, admin_headers, people[0], GALLERY)
     with session_scope(sessions) as session:
         read = create_api_key(session, "read-limits-read", "read")
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "veilface",
-            "keys",
-            "create-api-key",
-            "--name",
-            "read-limits-eval",
-            "--scope",
-            "eval",
-        ],
-        env=mysql_redis_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    evaluation = made.stdout.strip().splitlines()[-1]
+    evaluation = cli_api_key(mysql_redis_env, "--name", "read-limits-eval", "--scope", "eval")
     env = {k: v for k, v in mysql_redis_env.items() if k not in UNTHROTTLED}
     env["VEILFACE_SUBJECT_VERIFY_PER_MINUTE"] = str(SUBJECT_VERIFY_LIMIT)
     with gateway_process(env, tmp_path_factory.mktemp("read-limits") / "gateway.log") as url:

@@ -8,7 +8,7 @@ import multiprocessing
 import pytest
 from sqlalchemy import create_engine, inspect, select
 
-from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
+from tests.support import MYSQL, MYSQL_DATABASE
 from veilface.store.apikeys import hash_key, sync_bootstrap_key
 from veilface.store.db import BLOCK_LAYOUT_COLUMNS, create_schema, session_factory, session_scope, upsert_once
 from veilface.store.galleries import get_or_create_gallery, get_or_create_subject
@@ -23,7 +23,7 @@ def _columns(inspector, table: str) -> dict[str, tuple[str, bool]]:
 
 def test_models_match_schema_sql():
     name = f"{MYSQL_DATABASE}_schema"
-    engine = create_engine(fresh_mysql_database(name))
+    engine = create_engine(MYSQL.create_database(name))
     create_schema(engine)
     inspector = inspect(engine)
     assert set(inspector.get_table_names()) == set(Base.metadata.tables)
@@ -59,14 +59,14 @@ def test_models_match_schema_sql():
         ).all()
     assert all(e == "InnoDB" and c.startswith("utf8mb4") for _, e, c in engines)
     engine.dispose()
-    drop_mysql_database(name)
+    MYSQL.drop_database(name)
 
 
 def test_a_bootstrap_key_inserted_by_another_process_meanwhile_is_not_an_error():
     """Gateway processes start together on an empty database: the one that loses the insert race
     retries, finds the other's row and boots (it used to exit on the duplicate key)."""
     name = f"{MYSQL_DATABASE}_race"
-    engine = create_engine(fresh_mysql_database(name))
+    engine = create_engine(MYSQL.create_database(name))
     create_schema(engine)
     sessions = session_factory(engine)
     attempts = []
@@ -85,14 +85,14 @@ def test_a_bootstrap_key_inserted_by_another_process_meanwhile_is_not_an_error()
     with session_scope(sessions) as session:
         assert len(attempts) == 2 and len(session.scalars(select(ApiKey)).all()) == 1
     engine.dispose()
-    drop_mysql_database(name)
+    MYSQL.drop_database(name)
 
 
 def test_gallery_and_subject_created_meanwhile_by_another_transaction_are_found():
     """Two first enrollments into a new gallery at once: the one that loses the insert race must find
     the winner's row although its own snapshot predates it (it used to get None: a 500)."""
     name = f"{MYSQL_DATABASE}_created"
-    engine = create_engine(fresh_mysql_database(name))
+    engine = create_engine(MYSQL.create_database(name))
     create_schema(engine)
     sessions = session_factory(engine)
     with session_scope(sessions) as late:
@@ -105,7 +105,7 @@ def test_gallery_and_subject_created_meanwhile_by_another_transaction_are_found(
         subject = get_or_create_subject(late, found, "ada")
         assert subject is not None and subject.name == "ada"
     engine.dispose()
-    drop_mysql_database(name)
+    MYSQL.drop_database(name)
 
 
 def _create_schema_at(url: str, barrier) -> None:
@@ -133,7 +133,7 @@ def test_blocks_of_a_database_from_before_layouts_gain_the_layout_columns(backen
     """A database created before block layouts were versioned gets the columns at start-up;
     its blocks read as single-step (layout 1), and a second start-up changes nothing."""
     name = f"{MYSQL_DATABASE}_layout"
-    url = fresh_mysql_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
+    url = MYSQL.create_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
     create_schema(engine)
     with engine.begin() as conn:
@@ -150,4 +150,4 @@ def test_blocks_of_a_database_from_before_layouts_gain_the_layout_columns(backen
         assert conn.exec_driver_sql("SELECT layout_version, baby_steps FROM blocks").all() == [(1, None)]
     engine.dispose()
     if backend == "mariadb":
-        drop_mysql_database(name)
+        MYSQL.drop_database(name)

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, insert, select, update
 
+from tests.support import MYSQL
 from veilface.cli import main
 from veilface.config import load_settings
 from veilface.crypto.codec import Kind
@@ -58,16 +59,9 @@ def data():
 
 def mysql_url() -> str:
     try:
-        conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="")
+        return MYSQL.create_database(MYSQL_DB)
     except MySQLdb.OperationalError:
-        pytest.skip("MariaDB is not reachable at 127.0.0.1:3306")
-    try:
-        cur = conn.cursor()
-        cur.execute(f"DROP DATABASE IF EXISTS `{MYSQL_DB}`")
-        cur.execute(f"CREATE DATABASE `{MYSQL_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    finally:
-        conn.close()
-    return f"mysql+mysqldb://root@127.0.0.1:3306/{MYSQL_DB}?charset=utf8mb4"
+        pytest.skip(f"MariaDB is not reachable at {MYSQL.host}:{MYSQL.port}")
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
@@ -223,7 +217,9 @@ def block_scores(ctx, secret, diagonals, baby_steps, probe, count):
     )
 
 
-@pytest.mark.parametrize("dim", [128, 512, 1024])
+@pytest.mark.parametrize(
+    "dim", [128, pytest.param(512, marks=pytest.mark.slow), pytest.param(1024, marks=pytest.mark.slow)]
+)
 def test_baby_step_giant_step_scores_match_plaintext(keys, dim):
     ctx, secret = keys
     rng = np.random.default_rng(dim)

@@ -14,7 +14,7 @@ import pytest
 import requests
 from sqlalchemy import MetaData, create_engine, inspect, select, text
 
-from tests.conftest import MYSQL_DATABASE, drop_mysql_database, fresh_mysql_database
+from tests.support import MYSQL, MYSQL_DATABASE
 from veilface import errors
 from veilface.config import load_settings
 from veilface.crypto.codec import Kind
@@ -186,7 +186,7 @@ def test_a_database_from_before_sentinels_lets_templates_lose_their_subject(back
     """The migration makes ``templates.subject_id`` nullable and keeps the rows; a second run
     changes nothing."""
     name = f"{MYSQL_DATABASE}_sentinels"
-    url = fresh_mysql_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
+    url = MYSQL.create_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)
     if backend == "mariadb":
         create_schema(engine)
@@ -225,7 +225,7 @@ def test_a_database_from_before_sentinels_lets_templates_lose_their_subject(back
     assert {"ix_templates_state"} <= {index["name"] for index in inspect(engine).get_indexes("templates")}
     engine.dispose()
     if backend == "mariadb":
-        drop_mysql_database(name)
+        MYSQL.drop_database(name)
 
 
 def _subject_nullable(engine) -> bool:

@@ -35,6 +35,8 @@ from veilface.train.occlusion import KINDS, TrainOccluder
 from veilface.train.pose import DreamMapping
 from veilface.train.trainer import run
 
+pytestmark = pytest.mark.train
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_CONFIG = REPO / "services" / "trainer" / "configs" / "ci_smoke.toml"
 SHARED = load_settings()

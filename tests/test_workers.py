@@ -23,7 +23,7 @@ from celery.exceptions import Retry
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import drop_mysql_database, fresh_mysql_database
+from tests.support import MYSQL
 from veilface.config import Settings, load_settings
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.sealing import PayloadSealer
@@ -111,7 +111,7 @@ def workers(tmp_path_factory, key_dir: Path) -> Iterator[Workers]:
     environ = {
         "VEILFACE_VAR_DIR": str(tmp_path_factory.mktemp("workers-var")),
         "VEILFACE_KEY_DIR": str(key_dir),
-        "VEILFACE_DATABASE_URL": fresh_mysql_database(database),
+        "VEILFACE_DATABASE_URL": MYSQL.create_database(database),
     }
     with pytest.MonkeyPatch.context() as patch:
         for name in os.environ:
@@ -135,7 +135,7 @@ def workers(tmp_path_factory, key_dir: Path) -> Iterator[Workers]:
         finally:
             embedder.worker.cache_clear()
             matcher.worker.cache_clear()
-            drop_mysql_database(database)
+            MYSQL.drop_database(database)
 
 
 def test_importing_a_worker_opens_nothing(tmp_path: Path):
@@ -261,7 +261,7 @@ def test_a_lost_database_sends_the_search_again_signed(workers: Workers, monkeyp
 def test_the_compaction_lock_is_per_database(workers: Workers):
     """Two stacks on one server (two databases) compact the same gallery at once; one stack does not."""
     other = f"veilface_workers_other_{os.getpid()}"
-    here, there = create_engine(workers.settings.sqlalchemy_url), create_engine(fresh_mysql_database(other))
+    here, there = create_engine(workers.settings.sqlalchemy_url), create_engine(MYSQL.create_database(other))
     try:
         assert matcher.compaction_lock_name(here, 1, "m") != matcher.compaction_lock_name(there, 1, "m")
         with (
@@ -273,4 +273,4 @@ def test_the_compaction_lock_is_per_database(workers: Workers):
     finally:
         here.dispose()
         there.dispose()
-        drop_mysql_database(other)
+        MYSQL.drop_database(other)

@@ -26,7 +26,6 @@ import platform
 import secrets
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import redis
 import requests
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
@@ -44,6 +42,7 @@ from sqlalchemy.engine import make_url
 from veilface.bench.stats import percentile
 from veilface.config import load_settings
 from veilface.crypto.params import DEFAULT_PARAMS
+from veilface.local.services import MySQLServer, RedisServer
 from veilface.local.stack import Stack
 from veilface.messaging.app import make_celery, send_signed
 from veilface.messaging.messages import MATCH_QUEUE, TASK_COMPACT
@@ -76,44 +75,6 @@ class Step:
     error_rate: float
     #: The machine's 1-minute load average at the end of the step (2 cores: above 2 is contention).
     load_avg: float
-
-
-def _database(url: str, *, drop: bool = False) -> None:
-    """Create (or drop) the database named in ``url`` on its server."""
-    import MySQLdb
-
-    parts = make_url(url)
-    conn = MySQLdb.connect(
-        host=parts.host or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        passwd=parts.password or "",
-    )
-    try:
-        cur = conn.cursor()
-        cur.execute(f"DROP DATABASE IF EXISTS `{parts.database}`")
-        if not drop:
-            cur.execute(f"CREATE DATABASE `{parts.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    finally:
-        conn.close()
-
-
-def _private_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A redis-server for this run alone, on a free loopback port (nothing shared is flushed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*argv, "--dir", str(folder), "--logfile", str(folder / "redis.log")])
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except redis.RedisError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def _people(lfw: Path, count: int) -> list[list[Path]]:
@@ -318,7 +279,8 @@ def main() -> None:
     var_dir = Path(tempfile.mkdtemp(prefix="veilface-load-"))
     private_redis = None
     if args.broker_url is None:
-        private_redis, args.broker_url = _private_redis(var_dir)
+        private_redis = RedisServer(var_dir).start()
+        args.broker_url = private_redis.url
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEILFACE_")}
     env.update(
@@ -329,7 +291,8 @@ def main() -> None:
         VEILFACE_SHARED_DIR=str(load_settings().shared_dir),
     )
     settings = load_settings(env)
-    _database(args.database_url)
+    mysql, database = MySQLServer.from_url(args.database_url), make_url(args.database_url).database
+    mysql.create_database(database)
 
     from veilface.crypto.keyfiles import generate_message_keys
     from veilface.crypto.secret import generate_keyset
@@ -352,7 +315,7 @@ def main() -> None:
                 f"{stack.url}/v1/galleries/{GALLERY}/subjects/{photos[0].parent.name}/faces",
                 headers=client.headers,
                 files=[("image", photos[0].read_bytes())],
-                params={"face": "largest"},
+                params={"face": "main"},
                 timeout=180,
             )
             r.raise_for_status()
@@ -396,10 +359,9 @@ def main() -> None:
     finally:
         stack.stop()
         if private_redis is not None:
-            private_redis.terminate()
-            private_redis.wait(timeout=30)
+            private_redis.stop()
         if not args.keep:
-            _database(args.database_url, drop=True)
+            mysql.drop_database(database)
 
     report = {
         "command": "python -m veilface.bench.load " + " ".join(sys.argv[1:]),

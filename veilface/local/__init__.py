@@ -1,1 +1,2 @@
-"""Local tooling: the whole stack as child processes (``stack``) and the demo run on it."""
+"""Local tooling: the whole stack as child processes (``stack``), the demo run on it, and the
+private backing services (Redis, MariaDB databases) that tests and benchmarks start (``services``)."""
