@@ -5,7 +5,9 @@ stack (MariaDB + Redis when ``VEILFACE_DATABASE_URL`` / ``VEILFACE_BROKER_URL`` 
 else the embedded defaults), enrolls ``--gallery`` LFW photos over HTTP (each its own
 subject, so every template is searched; ``enroll_total_s`` is their wall time, ``enroll_p50_s``
 the median request), waits for the compactions they queued to land, then times ``--queries``
-identify requests with held-back photos of enrolled people.
+identify requests with held-back photos of enrolled people, then ``--queries`` subject verify
+requests of the same photos against their enrolled subject (``verify_*`` fields; ``verify_matched``
+counts the answers ``"match": true``).
 
 With ``--plaintext`` the bench also runs the plaintext pipeline in its own process (the active model,
 the main face of each photo, cosine similarity, no encryption) on the same gallery and queries, and
@@ -64,6 +66,13 @@ def plaintext_top1(settings: Settings, gallery: list[Path], probes: list[Path]) 
         e = embed(probe)
         best.append(None if e is None else names[int(np.argmax(matrix @ e))])
     return best
+
+
+def _timed_post(url: str, headers: dict[str, str], photo: Path) -> tuple[requests.Response, float]:
+    """POST ``photo`` as the ``image`` field; the response and its wall time in seconds."""
+    start = time.perf_counter()
+    r = requests.post(url, headers=headers, files=[("image", photo.read_bytes())], timeout=300)
+    return r, time.perf_counter() - start
 
 
 def wait_for_compaction(settings: Settings, timeout_s: float = 600.0) -> None:
@@ -132,18 +141,18 @@ def main() -> None:
         wait_for_compaction(settings)
         latencies, correct, answers = [], 0, []
         for enrolled_photo, probe in tqdm(queries, desc="identify"):
-            start = time.perf_counter()
-            r = requests.post(
-                f"{stack.url}/v1/galleries/bench/identify",
-                headers=headers,
-                files=[("image", probe.read_bytes())],
-                timeout=300,
-            )
-            latencies.append(time.perf_counter() - start)
+            r, seconds = _timed_post(f"{stack.url}/v1/galleries/bench/identify", headers, probe)
+            latencies.append(seconds)
             faces = r.json().get("faces", []) if r.ok else []
             best = faces[0] if faces else None  # identify lists the main face first
             answers.append(best["candidates"][0]["subject"] if best and best["candidates"] else None)
             correct += answers[-1] == enrolled_photo.stem
+        verify_latencies, verified = [], 0
+        for enrolled_photo, probe in tqdm(queries, desc="verify"):
+            url = f"{stack.url}/v1/galleries/bench/subjects/{enrolled_photo.stem}/verify"
+            r, seconds = _timed_post(url, headers, probe)
+            verify_latencies.append(seconds)
+            verified += r.ok and r.json().get("match") is True
     finally:
         stack.stop()
     plaintext = {}
@@ -167,6 +176,10 @@ def main() -> None:
         "identify_p50_s": round(statistics.median(latencies), 3),
         "identify_p95_s": round(percentile(latencies, 0.95), 3),
         "identify_mean_s": round(statistics.fmean(latencies), 3),
+        "verify_matched": verified,
+        "verify_p50_s": round(statistics.median(verify_latencies), 3),
+        "verify_p95_s": round(percentile(verify_latencies, 0.95), 3),
+        "verify_mean_s": round(statistics.fmean(verify_latencies), 3),
         "database": "sqlite" if not settings.database_url else settings.database_url.split(":")[0],
         "broker": "sqlite" if not settings.broker_url else settings.broker_url.split(":")[0],
         "embedders": args.embedders,
