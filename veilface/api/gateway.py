@@ -402,12 +402,11 @@ class Gateway:
         The probes of one image share their model version (the embedder makes them all with the
         version the gateway asked for); ``expected[i]`` are probe ``i``'s true sentinel scores.
         """
-        searched = self._searched(probes)
-        batch = [(probe, e) for probe, e, s in zip(probes, expected, searched, strict=True) if s]
+        batch, sentinels = _searched_batch(probes, expected, self._searched(probes))
         if not batch:
             return []
-        ciphertexts, sentinels = [p.ciphertext for p, _ in batch], [e for _, e in batch]
-        return self.search(gallery_id, batch[0][0].model_version, ciphertexts, top_k, sentinels=sentinels)
+        ciphertexts = [p.ciphertext for p in batch]
+        return self.search(gallery_id, batch[0].model_version, ciphertexts, top_k, sentinels=sentinels)
 
     def _searched(self, probes: list[Probe]) -> list[bool]:
         """Which probes are searched: the usable ones, the first ``max_faces_per_request`` of them."""
@@ -481,14 +480,14 @@ class Gateway:
         scored = []
         probes, expected = self.watched_probes(gallery_id, image, None)
         searched = self._searched(probes)
-        batch = [(probe, e) for probe, e, s in zip(probes, expected, searched, strict=True) if s]
-        for probe, _ in batch:
+        batch, sentinels = _searched_batch(probes, expected, searched)
+        for probe in batch:
             if probe.model_version != version:
                 raise errors.Conflict(
                     f"template {template_id} was made by model {version}, probes by {probe.model_version}; "
                     "re-enroll the subject"
                 )
-        ciphertexts, sentinels = [p.ciphertext for p, _ in batch], [e for _, e in batch]
+        ciphertexts = [p.ciphertext for p in batch]
         similarities = iter(self._slot_similarities(gallery_id, version, ciphertexts, slot, sentinels))
         for probe, was_searched in zip(probes, searched, strict=True):
             if not was_searched:
@@ -528,6 +527,14 @@ class Gateway:
                 continue
             scored.append(FaceScore(face.face, self._pair_similarity(first, face)))
         return first.face, scored
+
+
+def _searched_batch(
+    probes: list[Probe], expected: list[Expected], searched: list[bool]
+) -> tuple[list[Probe], list[Expected]]:
+    """The searched probes (:meth:`Gateway._searched`) and their sentinels' true scores, in order."""
+    chosen = [(probe, e) for probe, e, s in zip(probes, expected, searched, strict=True) if s]
+    return [probe for probe, _ in chosen], [e for _, e in chosen]
 
 
 def _main_probe(probes: list[Probe]) -> Probe:
