@@ -20,6 +20,7 @@ from tests.support import (
     MYSQL_DATABASE,
     REDIS_URL,
     SERVICE_PASSWORD,
+    log_tails,
     needs_markers,
     new_key_set,
     run_stack,
@@ -44,6 +45,26 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     ]
     if missing:
         pytest.fail(f"{item.nodeid}: fixture {'; '.join(missing)}", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failing stack test also shows the tails of the running services' logs and the MariaDB
+    statements that have run for more than 5 s: what a hang on CI needs to be understood."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or item.get_closest_marker("stack") is None:
+        return
+    for path, tail in log_tails():
+        report.sections.append((f"log {path}", tail))
+    try:
+        slow = MYSQL.execute(
+            "SELECT id, db, command, time, state, LEFT(info, 200) FROM information_schema.processlist "
+            "WHERE command <> 'Sleep' AND time > 5"
+        )
+    except Exception as exc:  # diagnostics only: the test's own failure is what counts
+        slow = [("processlist unavailable", repr(exc))]
+    report.sections.append(("MariaDB statements running > 5 s", "\n".join(map(str, slow)) or "none"))
 
 
 @pytest.fixture(scope="session")

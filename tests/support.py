@@ -83,13 +83,39 @@ def stack_env(var_dir: Path, key_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+#: The log files of the services running now: a failing stack test shows their tails
+#: (``pytest_runtest_makereport`` in ``tests/conftest.py``), so a CI log says what hung.
+RUNNING_LOGS: list[Path] = []
+
+
+@contextmanager
+def logs_shown_on_failure(*paths: Path) -> Iterator[None]:
+    """Register ``paths`` (log files, or folders of ``*.log``) in :data:`RUNNING_LOGS` meanwhile."""
+    RUNNING_LOGS.extend(paths)
+    try:
+        yield
+    finally:
+        for path in paths:
+            RUNNING_LOGS.remove(path)
+
+
+def log_tails(lines: int = 40) -> Iterator[tuple[str, str]]:
+    """``(path, last lines)`` of every log in :data:`RUNNING_LOGS`."""
+    for entry in RUNNING_LOGS:
+        for path in sorted(entry.glob("*.log")) if entry.is_dir() else [entry]:
+            with suppress(OSError):
+                tail = path.read_bytes().decode("utf-8", "replace").splitlines()[-lines:]
+                yield str(path), "\n".join(tail)
+
+
 def run_stack(env: dict[str, str], var_dir: Path, matchers: int = 1) -> Iterator[Stack]:
     """Start the stack on ``env`` (logs under ``var_dir``), yield it once ready, stop it after."""
     stack = Stack(env=env, bind=f"127.0.0.1:{free_port()}", matchers=matchers, log_dir=var_dir / "logs")
     stack.start()
     try:
-        stack.wait_ready()
-        yield stack
+        with logs_shown_on_failure(var_dir / "logs"):
+            stack.wait_ready()
+            yield stack
     finally:
         stack.stop()
 
@@ -110,9 +136,10 @@ def gateway_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        with suppress(TimeoutError):  # the test's first request then says what is wrong
-            wait_for(lambda: _healthy(f"http://{bind}"), 60, "the gateway's /healthz", 0.3)
-        yield f"http://{bind}"
+        with logs_shown_on_failure(log_path):
+            with suppress(TimeoutError):  # the test's first request then says what is wrong
+                wait_for(lambda: _healthy(f"http://{bind}"), 60, "the gateway's /healthz", 0.3)
+            yield f"http://{bind}"
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

@@ -141,6 +141,18 @@ class InvalidCiphertext(VeilfaceError):
     code, status = "invalid_ciphertext", 400
 
 
+class InvalidKeySet(BadRequest):
+    """An uploaded public key set was refused: unreadable, holding a secret key, or not usable here."""
+
+    code = "invalid_key_set"
+
+
+class ClientKeyGallery(Conflict):
+    """The gallery's key is held by its client: the server cannot read its scores or decide a match."""
+
+    code = "client_key_gallery"
+
+
 class MessageRefused(VeilfaceError):
     """A worker refused a queue message it could not authenticate (forged, altered or expired)."""
 
@@ -166,6 +178,8 @@ _BY_CODE = {
         Unavailable,
         KeyMismatch,
         InvalidCiphertext,
+        InvalidKeySet,
+        ClientKeyGallery,
         MessageRefused,
     )
 }

@@ -115,8 +115,9 @@ class MySQLServer:
             parts.host or cls.host, parts.port or cls.port, parts.username or cls.user, parts.password or ""
         )
 
-    def execute(self, *statements: str) -> None:
-        """Run ``statements`` in order on one connection (the MySQL driver is an extra: imported here)."""
+    def execute(self, *statements: str) -> list[tuple]:
+        """Run ``statements`` in order on one connection; the rows of the last one (the MySQL
+        driver is an extra: imported here)."""
         import MySQLdb
 
         conn = MySQLdb.connect(host=self.host, port=self.port, user=self.user, passwd=self.password)
@@ -124,6 +125,7 @@ class MySQLServer:
             cur = conn.cursor()
             for statement in statements:
                 cur.execute(statement)
+            return list(cur.fetchall())
         finally:
             conn.close()
 
