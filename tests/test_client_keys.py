@@ -364,3 +364,12 @@ def test_cli_errors_are_one_line(stub: str, keys_dir: Path, tmp_path: Path, lfw_
         ),
         "cannot reach http://127.0.0.1:9",
     )
+
+
+def test_a_server_command_without_the_server_extra_says_what_to_install():
+    code = (
+        "import sys; sys.modules['sqlalchemy'] = None; sys.argv = ['veilface', 'galleries', 'list']; "
+        "from veilface.cli import run; run()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    _one_line_error(result, "pip install 'veilface[server]'")

@@ -587,10 +587,23 @@ def client_verify(
     click.echo(json.dumps(private.verify(subject, _image(image))))
 
 
+#: Modules of the ``server`` extra: a command that needs one, run where only the client is
+#: installed, says so in one line.
+SERVER_MODULES = ("flask", "celery", "kombu", "redis", "sqlalchemy", "gunicorn", "prometheus_client")
+
+
 def run() -> None:
     """Entry point: expected errors print one line and exit 2, never a traceback."""
     try:
         main(standalone_mode=True)
     except errors.VeilfaceError as exc:
         click.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        click.echo(
+            f"error: this command needs the server's modules ({exc.name}): pip install 'veilface[server]'",
+            err=True,
+        )
         sys.exit(2)
