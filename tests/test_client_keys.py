@@ -32,6 +32,7 @@ from veilface.client.gallery import Image, PrivateGallery
 from veilface.client.keys import ClientKeys, KeyDirError, init_keys
 from veilface.client.scores import BadAnswer, rank
 from veilface.config import load_settings
+from veilface.crypto import codec
 from veilface.crypto.codec import Kind, peek_dim
 from veilface.crypto.public import PublicContext
 from veilface.models.registry import ModelRegistry
@@ -251,6 +252,28 @@ def test_a_template_relabelled_as_a_score_is_refused(enrolled, keys: ClientKeys)
         rank(keys.secret, forged, 5)
     with pytest.raises(BadAnswer, match="malformed"):
         rank(keys.secret, {"scores": [{"block": 0}]}, 5)
+
+
+def test_another_key_set_reads_nothing_from_this_ones_scores(enrolled, keys: ClientKeys, tmp_path: Path):
+    """Unlinkability between key sets: a score ciphertext is refused by another client's key, and
+    decrypted by force (its header relabelled) it gives noise, not the scores."""
+    gallery, people = enrolled
+    init_keys(tmp_path / "other")
+    other = ClientKeys.load(tmp_path / "other")
+    probe = gallery.faces.faces(people[0][1].read_bytes(), "probe")[0].embedding
+    answer = gallery.api.search("private", encrypted_probes(keys.public, [probe]))["probes"][0]
+    own = {c.subject: c.similarity for c in rank(keys.secret, answer, N_IDENTITIES)}
+    with pytest.raises(BadAnswer, match="refused a score ciphertext"):
+        rank(other.secret, answer, N_IDENTITIES)
+    header = len(codec.MAGIC) + 2  # magic, kind, log2 dim, then 8 bytes of the fingerprint
+    relabelled = []
+    for score in answer["scores"]:
+        blob = base64.b64decode(score["ciphertext"])
+        blob = blob[:header] + bytes.fromhex(other.fingerprint[:16]) + blob[header + 8 :]
+        relabelled.append({**score, "ciphertext": base64.b64encode(blob).decode()})
+    forced = {c.subject: c.similarity for c in rank(other.secret, {"scores": relabelled}, N_IDENTITIES)}
+    assert forced.keys() == own.keys()
+    assert all(abs(forced[subject] - own[subject]) > 0.1 for subject in own), (own, forced)
 
 
 # -- installable and runnable without the server ----------------------------------------------
