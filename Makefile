@@ -19,7 +19,7 @@ USES_MYSQL := $(findstring mysql,$(VEILFACE_DATABASE_URL))
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[server,dev]'
 	@touch $@
 
 venv install: $(VENV)/.installed
@@ -27,14 +27,14 @@ venv install: $(VENV)/.installed
 install-mysql: $(VENV)/.installed-mysql
 
 $(VENV)/.installed-mysql: $(VENV)/.installed
-	@$(PY) -m pip install --quiet -e '.[mysql]' >$(VENV)/mysql-install.log 2>&1 \
+	@$(PY) -m pip install --quiet -e '.[server,mysql]' >$(VENV)/mysql-install.log 2>&1 \
 		|| { echo '$(MYSQL_HINT) (pip log: $(VENV)/mysql-install.log)' >&2; exit 1; }
 	@touch $@
 
 install-train: $(VENV)/.installed-train
 
 $(VENV)/.installed-train: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[dev,train]'
+	$(PY) -m pip install --quiet -e '.[server,dev,train]'
 	@touch $@
 
 keys: install

@@ -154,14 +154,16 @@ def test_a_mysql_url_without_the_driver_says_what_to_install(monkeypatch):
 @pytest.mark.install
 def test_the_base_install_and_the_demo_need_no_mysql_client_library(tmp_path: Path):
     """A fresh venv on a machine without the MariaDB client library (hidden from pkg-config, pip's
-    cache off) installs the package and imports what ``make demo`` runs; ``make install-mysql``
-    then stops with one line naming the system packages, not a pip traceback."""
+    cache off) installs the package with the ``server`` extra and imports what ``make demo`` runs;
+    ``make install-mysql`` then stops with one line naming the system packages, not a pip traceback."""
     venv, no_libs = tmp_path / "venv", tmp_path / "no-pkg-config"
     no_libs.mkdir()
     env = {**os.environ, "PKG_CONFIG_LIBDIR": str(no_libs), "PKG_CONFIG_PATH": "", "PIP_NO_CACHE_DIR": "1"}
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([python, "-m", "pip", "install", "--quiet", str(REPO)], env=env, check=True, cwd=tmp_path)
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", f"{REPO}[server]"], env=env, check=True, cwd=tmp_path
+    )
 
     demo_path = (
         "import veilface.local.demo, veilface.local.stack, veilface.api, veilface.cli, veilface.face.pipeline"
@@ -170,7 +172,7 @@ def test_the_base_install_and_the_demo_need_no_mysql_client_library(tmp_path: Pa
     missing = subprocess.run([python, "-c", "import MySQLdb"], env=env, capture_output=True, cwd=tmp_path)
     assert missing.returncode != 0, "the base install must not bring the MySQL driver"
 
-    (venv / ".installed").touch()  # the base install is done: make goes straight to the driver
+    (venv / ".installed").touch()  # the server install is done: make goes straight to the driver
     make = subprocess.run(
         ["make", "-s", "-C", str(REPO), f"VENV={venv}", "install-mysql"],
         env=env,

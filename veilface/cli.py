@@ -1,7 +1,9 @@
 """The ``veilface`` command line (also ``python -m veilface``): database, keys, API keys, galleries,
-models, eval.
+models, eval, and the client of client-key galleries.
 
-Key commands run where the gateway runs: they write the secret key file.
+Key commands run where the gateway runs: they write the secret key file. The server's modules
+(the store, SQLAlchemy) are imported by the commands that use them, so that ``veilface client``
+runs where only the ``client`` extra is installed.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from veilface import errors
 from veilface.config import Settings, load_settings
 from veilface.models.registry import ModelRegistry
 from veilface.models.version import Ensemble
-from veilface.store import apikeys
-from veilface.store import galleries as store
-from veilface.store.db import create_schema, make_engine, require_schema, session_factory, session_scope
-from veilface.store.models import API_KEY_SCOPES
+from veilface.store import API_KEY_SCOPES
 
 
 def _sessions(settings: Settings):
+    from veilface.store.db import make_engine, require_schema, session_factory
+
     engine = make_engine(settings)
     require_schema(engine)
     return session_factory(engine)
@@ -51,6 +52,7 @@ def db_migrate(settings: Settings) -> None:
     comes from VEILFACE_GATEWAY_DATABASE_URL, VEILFACE_EMBEDDER_DATABASE_URL and
     VEILFACE_MATCHER_DATABASE_URL (user and password); the rights are in veilface/store/privileges.py.
     """
+    from veilface.store.db import create_schema, make_engine
     from veilface.store.privileges import apply_grants
 
     engine = make_engine(settings)
@@ -128,6 +130,9 @@ def keys_create_api_key(
     A ``--compreface`` key is shaped like a CompreFace service key (a random UUID), which
     some CompreFace clients check, and acts on its gallery through ``/api/v1``.
     """
+    from veilface.store import apikeys
+    from veilface.store.db import session_scope
+
     if compreface and not gallery:
         raise click.UsageError("--compreface needs --gallery")
     key = str(uuid.uuid4()) if compreface else None
@@ -139,6 +144,9 @@ def keys_create_api_key(
 @click.pass_obj
 def keys_list_api_keys(settings: Settings) -> None:
     """List API keys (never the keys themselves)."""
+    from veilface.store import apikeys
+    from veilface.store.db import session_scope
+
     with session_scope(_sessions(settings)) as session:
         for row in apikeys.list_api_keys(session):
             state = "revoked" if row.revoked_at else "live"
@@ -150,6 +158,9 @@ def keys_list_api_keys(settings: Settings) -> None:
 @click.pass_obj
 def keys_revoke_api_key(settings: Settings, key_id: int) -> None:
     """Revoke an API key by id."""
+    from veilface.store import apikeys
+    from veilface.store.db import session_scope
+
     with session_scope(_sessions(settings)) as session:
         apikeys.revoke_api_key(session, key_id)
     click.echo(f"revoked {key_id}")
@@ -206,6 +217,7 @@ def keys_rotate(settings: Settings, keep_old: Path | None) -> None:
 def backup(settings: Settings, out: Path, keys_out: Path | None) -> None:
     """Write a consistent snapshot of the database to the empty folder OUT (ciphertexts only)."""
     from veilface.admin import backup as backups
+    from veilface.store.db import make_engine, session_factory, session_scope
     from veilface.store.keysets import deployment_key_set
 
     engine = make_engine(settings)
@@ -234,6 +246,7 @@ def restore(settings: Settings, src: Path, keys_from: Path | None, force: bool) 
     """Load the database backup SRC into the configured database (and the keys); stop the stack first."""
     from veilface.admin import backup as backups
     from veilface.crypto.public import fingerprint_of
+    from veilface.store.db import make_engine
 
     expected = backups.read_manifest(src).get("key_fingerprint")
     if keys_from is not None:
@@ -259,6 +272,9 @@ def galleries() -> None:
 @click.pass_obj
 def galleries_list(settings: Settings) -> None:
     """Galleries with subject and template counts, as JSON."""
+    from veilface.store import galleries as store
+    from veilface.store.db import session_scope
+
     with session_scope(_sessions(settings)) as session:
         click.echo(json.dumps(store.list_galleries(session), indent=2))
 
@@ -269,6 +285,9 @@ def galleries_list(settings: Settings) -> None:
 @click.pass_obj
 def galleries_delete(settings: Settings, name: str) -> None:
     """Delete a gallery with all its subjects, templates and blocks."""
+    from veilface.store import galleries as store
+    from veilface.store.db import session_scope
+
     with session_scope(_sessions(settings)) as session:
         store.delete_gallery(session, store.get_gallery(session, name))
     click.echo(f"deleted {name}")
@@ -290,6 +309,8 @@ def galleries_repack(settings: Settings, name: str | None) -> None:
 
     from veilface.crypto.public import PublicContext
     from veilface.search.compaction import repack_gallery
+    from veilface.store import galleries as store
+    from veilface.store.db import session_scope
     from veilface.store.models import Gallery
 
     ctx = PublicContext.load(settings.public_context_path)
@@ -452,10 +473,137 @@ def eval_pairs(
     click.echo(f"report: {out}")
 
 
+@main.group()
+def client() -> None:
+    """The client of client-key galleries: it holds the key set; the server sees no face, template
+    or score (see docs/privacy.md)."""
+
+
+@client.group("keys")
+def client_keys() -> None:
+    """The client's own key set."""
+
+
+@client_keys.command("init")
+@click.option("--dir", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+def client_keys_init(folder: Path) -> None:
+    """Create the client's key set in DIR: secret.ctx and public.ctx, both 0600; never overwrites."""
+    from veilface.client.keys import init_keys
+
+    click.echo(f"created client key set {init_keys(folder)} in {folder}")
+
+
+def _gallery_options(command):
+    """The options every gallery command takes: the server, the API key, the key folder, the gallery."""
+    for option in reversed(
+        (
+            click.option("--url", required=True, help="The gateway, e.g. https://faces.example.org."),
+            click.option("--api-key", required=True, envvar="VEILFACE_API_KEY", help="Or VEILFACE_API_KEY."),
+            click.option(
+                "--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path)
+            ),
+            click.option("--gallery", required=True),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _private_gallery(settings: Settings, url: str, api_key: str, keys_dir: Path, gallery: str):
+    from veilface.client.api import GalleryApi
+    from veilface.client.gallery import PrivateGallery
+    from veilface.client.keys import ClientKeys
+
+    return PrivateGallery(GalleryApi(url, api_key), ClientKeys.load(keys_dir), gallery, settings)
+
+
+def _image(path: Path):
+    from veilface.client.gallery import Image
+
+    return Image(path.read_bytes(), str(path))
+
+
+_IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@client.command("create-gallery")
+@_gallery_options
+@click.pass_obj
+def client_create_gallery(settings: Settings, url: str, api_key: str, keys_dir: Path, gallery: str) -> None:
+    """Create GALLERY on the server under the client's public key set; print the server's answer."""
+    from veilface.client.api import GalleryApi
+    from veilface.client.gallery import PrivateGallery
+    from veilface.client.keys import ClientKeys
+
+    answer = PrivateGallery.create(GalleryApi(url, api_key), ClientKeys.load(keys_dir), gallery, settings)
+    click.echo(json.dumps(answer, indent=2))
+
+
+@client.command("enroll")
+@_gallery_options
+@click.option("--subject", required=True)
+@click.option("--main-face", is_flag=True, help="Enroll the main face of an image with several.")
+@click.argument("images", nargs=-1, required=True, type=_IMAGE)
+@click.pass_obj
+def client_enroll(
+    settings: Settings,
+    url: str,
+    api_key: str,
+    keys_dir: Path,
+    gallery: str,
+    subject: str,
+    main_face: bool,
+    images: tuple[Path, ...],
+) -> None:
+    """Enroll one template of SUBJECT per image, analysed and encrypted here; print the stored ids."""
+    private = _private_gallery(settings, url, api_key, keys_dir, gallery)
+    answer = private.enroll(subject, [_image(path) for path in images], main_face=main_face)
+    click.echo(json.dumps(answer))
+
+
+@client.command("identify")
+@_gallery_options
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.argument("image", type=_IMAGE)
+@click.pass_obj
+def client_identify(
+    settings: Settings, url: str, api_key: str, keys_dir: Path, gallery: str, top_k: int, image: Path
+) -> None:
+    """Every face of IMAGE with its candidates and match, decrypted and decided here, as JSON."""
+    private = _private_gallery(settings, url, api_key, keys_dir, gallery)
+    click.echo(json.dumps(private.identify(_image(image), top_k=top_k)))
+
+
+@client.command("verify")
+@_gallery_options
+@click.option("--subject", required=True)
+@click.argument("image", type=_IMAGE)
+@click.pass_obj
+def client_verify(
+    settings: Settings, url: str, api_key: str, keys_dir: Path, gallery: str, subject: str, image: Path
+) -> None:
+    """Whether the main face of IMAGE is SUBJECT, decided here, as JSON."""
+    private = _private_gallery(settings, url, api_key, keys_dir, gallery)
+    click.echo(json.dumps(private.verify(subject, _image(image))))
+
+
+#: Modules of the ``server`` extra: a command that needs one, run where only the client is
+#: installed, says so in one line.
+SERVER_MODULES = ("flask", "celery", "kombu", "redis", "sqlalchemy", "gunicorn", "prometheus_client")
+
+
 def run() -> None:
     """Entry point: expected errors print one line and exit 2, never a traceback."""
     try:
         main(standalone_mode=True)
     except errors.VeilfaceError as exc:
         click.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        click.echo(
+            f"error: this command needs the server's modules ({exc.name}): pip install 'veilface[server]'",
+            err=True,
+        )
         sys.exit(2)

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from veilface.store import API_KEY_SCOPES
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -35,9 +37,6 @@ Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 TEMPLATE_STATES = ("delta", "packed")
-#: ``admin`` changes anything; ``read`` searches and sees the decision and little else;
-#: ``eval`` searches and sees full-precision scores (veilface/api/disclosure.py).
-API_KEY_SCOPES = ("admin", "read", "eval")
 #: Name of the one ``key_sets`` row: the key set of this deployment.
 DEPLOYMENT_KEY_SET = "deployment"
 
