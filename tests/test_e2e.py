@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import requests
-from sqlalchemy import create_engine, inspect, text
 
+from tests import leaks
 from tests.support import REDIS_URL
 from veilface.config import load_settings
 from veilface.face.pipeline import FacePipeline
@@ -127,82 +125,6 @@ def test_listing(stack, admin_headers, enrolled):
 # -- the dump test ----------------------------------------------------------------------
 
 
-def _contains_vector(buf: bytes, vectors: np.ndarray, tol: float = 1e-3, run: int = 16) -> bool:
-    """Whether ``buf`` holds ``run`` consecutive components of any vector as float32/64.
-
-    Each vector is looked for by its anchor, its largest component among the first ``run``: only a
-    value of an anchor's magnitude can be one, which rules out nearly every position at once.
-    """
-    heads = vectors[:, :run].astype(np.float64)
-    anchor_at = np.abs(heads).argmax(axis=1)
-    anchors = heads[np.arange(len(heads)), anchor_at]
-    smallest, largest = float(np.abs(anchors).min()) - tol, float(np.abs(anchors).max()) + tol
-    steps = np.arange(run)
-    for dtype, width in ((np.float32, 4), (np.float64, 8)):
-        for offset in range(width):
-            count = (len(buf) - offset) // width
-            if count < run:
-                continue
-            values = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
-            with np.errstate(invalid="ignore", over="ignore"):
-                magnitude = np.abs(values)
-                found = np.flatnonzero((magnitude >= smallest) & (magnitude <= largest))
-                near = values[found].astype(np.float64)
-                for head, at, anchor in zip(heads, anchor_at, anchors, strict=True):
-                    starts = found[np.abs(near - anchor) < tol] - at
-                    starts = starts[(starts >= 0) & (starts <= count - run)]
-                    windows = values[starts[:, None] + steps].astype(np.float64)
-                    if np.any(np.all(np.abs(windows - head) < tol, axis=1)):
-                        return True
-    return False
-
-
-def _contains_vector_text(content: str, vectors: np.ndarray, tol: float = 1e-3, run: int = 16) -> bool:
-    numbers = [float(x) for x in re.findall(r"-?\d+\.\d+(?:[eE]-?\d+)?", content)]
-    if len(numbers) < run:
-        return False
-    values = np.array(numbers)
-    return _contains_vector(values.astype(np.float64).tobytes(), vectors, tol, run)
-
-
-def _expand(blob: bytes, depth: int = 3) -> list[bytes]:
-    """``blob`` plus whatever base64 or JSON it carries, a few levels deep (Celery messages)."""
-    found = [blob]
-    if depth == 0:
-        return found
-    for token in re.findall(rb"[A-Za-z0-9+/=]{64,}", blob):
-        try:
-            decoded = base64.b64decode(token, validate=True)
-        except ValueError:
-            continue
-        found.extend(_expand(decoded, depth - 1))
-    return found
-
-
-def _needles(files: list[Path], width: int = 64) -> list[bytes]:
-    """Three ``width``-byte windows of each file: finding one means that file's content was stored."""
-    needles = []
-    for path in files:
-        data = path.read_bytes()
-        needles.extend(data[k : k + width] for k in (len(data) // 4, len(data) // 2, 3 * len(data) // 4))
-    return needles
-
-
-def _leak(blob: bytes, vectors: np.ndarray, needles: list[bytes]) -> str | None:
-    """What ``blob`` (or base64 or JSON inside it) leaks: a plaintext embedding, a needle, or nothing."""
-    for part in _expand(blob):
-        if _contains_vector(part, vectors):
-            return "a plaintext embedding"
-        try:
-            if _contains_vector_text(part.decode("utf-8"), vectors):
-                return "a plaintext embedding (text)"
-        except UnicodeDecodeError:
-            pass
-        if any(needle in part for needle in needles):
-            return "part of a photo or of the secret key"
-    return None
-
-
 def test_dump_holds_no_embedding_photo_or_secret_key(stack, mysql_redis_env, enrolled):
     """After the session's API tests (attacks, CompreFace, console, this module) ran on the shared
     stack: every MariaDB row, Redis value and file the services wrote (logs, temporary files: the
@@ -211,40 +133,23 @@ def test_dump_holds_no_embedding_photo_or_secret_key(stack, mysql_redis_env, enr
     pipeline = FacePipeline.from_model(settings, ModelRegistry(settings).active())
     photos = [photo for people in enrolled[:20] for photo in people[:2]]
     vectors = np.array([face.embedding for photo in photos for face in pipeline.analyze(photo.read_bytes())])
-    needles = _needles([*photos, settings.secret_context_path])
+    needles = leaks.needles([*photos, settings.secret_context_path])
     secret = settings.secret_context_path.read_bytes()
     # The scanner finds what it looks for, raw or wrapped.
-    assert _leak(vectors[3].astype(np.float32).tobytes(), vectors, needles)
-    assert _leak(json.dumps(vectors[4].tolist()).encode(), vectors, needles)
-    assert _leak(base64.b64encode(photos[5].read_bytes()), vectors, needles)
-    assert _leak(b"log line " + secret[len(secret) // 2 - 100 :][:4096], vectors, needles)
-
-    engine = create_engine(mysql_redis_env["VEILFACE_DATABASE_URL"])
-    scanned_rows = 0
-    with engine.connect() as conn:
-        for table in inspect(engine).get_table_names():
-            for row in conn.execute(text(f"SELECT * FROM `{table}`")):
-                scanned_rows += 1
-                for value in row:
-                    blob = value if isinstance(value, bytes) else str(value).encode()
-                    assert not (leak := _leak(blob, vectors, needles)), f"{leak} in table {table}"
-    assert scanned_rows > N_IDENTITIES
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(count=500):
-        kind = client.type(key).decode()
-        values = {
-            "string": lambda k: [client.get(k)],
-            "list": lambda k: client.lrange(k, 0, -1),
-            "hash": lambda k: list(client.hgetall(k).values()),
-            "set": lambda k: list(client.smembers(k)),
-            "zset": lambda k: client.zrange(k, 0, -1),
-        }.get(kind, lambda k: [])(key)
-        for value in values:
-            assert not (leak := _leak(value or b"", vectors, needles)), f"{leak} in Redis key {key!r}"
+    assert leaks.leak(vectors[3].astype(np.float32).tobytes(), vectors, needles)
+    assert leaks.leak(json.dumps(vectors[4].tolist()).encode(), vectors, needles)
+    assert leaks.leak(base64.b64encode(photos[5].read_bytes()), vectors, needles)
+    assert leaks.leak(b"log line " + secret[len(secret) // 2 - 100 :][:4096], vectors, needles)
 
     assert not settings.secret_context_path.is_relative_to(settings.var_dir)  # the key lives elsewhere
     written = [path for path in settings.var_dir.rglob("*") if path.is_file()]
     assert any(path.suffix == ".log" for path in written)
-    for path in written:
-        assert not (leak := _leak(path.read_bytes(), vectors, needles)), f"{leak} in {path}"
+    scanned, found = leaks.scan_dump(
+        vectors,
+        needles,
+        database_url=mysql_redis_env["VEILFACE_DATABASE_URL"],
+        redis_url=REDIS_URL,
+        files=written,
+    )
+    assert found == []
+    assert scanned > N_IDENTITIES
