@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS galleries (
     id BIGINT NOT NULL AUTO_INCREMENT,
     name VARCHAR(128) NOT NULL,
     projection VARCHAR(64) NULL,           -- compact template projection, NULL = model's own dimension
+    key_mode VARCHAR(16) NOT NULL DEFAULT 'deployment',  -- 'deployment', 'gallery' (own key) or 'client'
+    key_fingerprint VARCHAR(64) NULL,      -- the gallery's public key set; NULL in deployment mode
     created_at DATETIME NOT NULL,
     PRIMARY KEY (id),
     UNIQUE KEY name (name)
@@ -135,4 +137,14 @@ CREATE TABLE IF NOT EXISTS key_sets (
     fingerprint VARCHAR(64) NOT NULL,
     announced_at DATETIME NOT NULL,
     PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The public key set (public, relinearisation and Galois keys) of a gallery with its own keys or
+-- a client's, in ~4 MiB parts: one serialized context is ~16 MB, close to max_allowed_packet.
+-- The concatenated parts hash (SHA-256) to `fingerprint`. Workers may only read it.
+CREATE TABLE IF NOT EXISTS public_key_set_parts (
+    fingerprint VARCHAR(64) NOT NULL,
+    part INTEGER NOT NULL,
+    data LONGBLOB NOT NULL,
+    PRIMARY KEY (fingerprint, part)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -187,5 +187,5 @@ def search(self, message: dict) -> dict:
 
 
 @app.task(name=TASK_PAIR, bind=True, **real.TASK_OPTIONS)
-def pair(self, probe_b64: str, template_b64: str) -> dict:
-    return _answer(self, real.pair.run(probe_b64, template_b64))
+def pair(self, probe_b64: str, template_b64: str, key_set: str | None = None) -> dict:
+    return _answer(self, real.pair.run(probe_b64, template_b64, key_set))

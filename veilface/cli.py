@@ -284,13 +284,33 @@ def galleries_list(settings: Settings) -> None:
 @click.confirmation_option(prompt="Delete the gallery and every ciphertext in it?")
 @click.pass_obj
 def galleries_delete(settings: Settings, name: str) -> None:
-    """Delete a gallery with all its subjects, templates and blocks."""
-    from veilface.store import galleries as store
-    from veilface.store.db import session_scope
+    """Delete a gallery with all its subjects, templates and blocks (and its own secret key)."""
+    from veilface.admin.gallery_keys import delete_gallery
+    from veilface.crypto.secret import GalleryKeyring
 
-    with session_scope(_sessions(settings)) as session:
-        store.delete_gallery(session, store.get_gallery(session, name))
-    click.echo(f"deleted {name}")
+    destroyed = delete_gallery(_sessions(settings), GalleryKeyring(settings.gallery_keys_path), name)
+    click.echo(f"deleted {name}" + (" and destroyed its secret key" if destroyed else ""))
+
+
+@galleries.command("rotate-keys")
+@click.argument("name")
+@click.confirmation_option(prompt="Give the gallery a new key set and drop its templates (to enroll again)?")
+@click.pass_obj
+def galleries_rotate_keys(settings: Settings, name: str) -> None:
+    """New key set for gallery NAME (one with keys of its own) alone: its templates, sentinels and
+    blocks are dropped, its subjects kept (to be enrolled again), its old secret key destroyed.
+
+    Run it where the gateway runs (it writes the new secret key file); no restart is needed: the
+    workers load the new public key set with the next task. Prints JSON.
+    """
+    from dataclasses import asdict
+
+    from veilface.admin.gallery_keys import rotate_gallery_keys
+    from veilface.crypto.secret import GalleryKeyring
+
+    keyring = GalleryKeyring(settings.gallery_keys_path)
+    rotation = rotate_gallery_keys(_sessions(settings), keyring, name)
+    click.echo(json.dumps(asdict(rotation), indent=2))
 
 
 @galleries.command("repack")
@@ -311,18 +331,21 @@ def galleries_repack(settings: Settings, name: str | None) -> None:
     from veilface.search.compaction import repack_gallery
     from veilface.store import galleries as store
     from veilface.store.db import session_scope
+    from veilface.store.keysets import PublicContexts
     from veilface.store.models import Gallery
 
     ctx = PublicContext.load(settings.public_context_path)
     sessions = _sessions(settings)
+    key_sets = PublicContexts(sessions, size=1)
     with session_scope(sessions) as session:
         if name:
             chosen = [store.get_gallery(session, name)]
         else:
             chosen = session.scalars(select(Gallery).order_by(Gallery.name)).all()
-        targets = [(gallery.name, gallery.id) for gallery in chosen]
-    for gallery_name, gallery_id in targets:
-        repacked, blocks = repack_gallery(ctx, sessions, gallery_id)
+        targets = [(gallery.name, gallery.id, gallery.key_fingerprint) for gallery in chosen]
+    for gallery_name, gallery_id, key_set in targets:
+        context = ctx if key_set is None else key_sets.get(key_set)  # a gallery's own public keys
+        repacked, blocks = repack_gallery(context, sessions, gallery_id)
         click.echo(f"{gallery_name}: {repacked} of {blocks} blocks repacked")
 
 

@@ -158,6 +158,11 @@ class Settings:
         return self.keys_path / SENTINEL_KEY
 
     @property
+    def gallery_keys_path(self) -> Path:
+        """The secret keys of galleries with keys of their own, one file each: the gateway only."""
+        return self.keys_path / "galleries"
+
+    @property
     def models_path(self) -> Path:
         return self.model_dir or self.var_dir / "models"
 

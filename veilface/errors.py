@@ -99,6 +99,18 @@ class Conflict(VeilfaceError):
     code, status = "conflict", 409
 
 
+class KeyModeConflict(Conflict):
+    """The gallery exists with other keys than asked for; its key mode never changes."""
+
+    code = "key_mode_conflict"
+
+
+class ClientKeyGallery(Conflict):
+    """The gallery is encrypted under its client's key: the server cannot read its scores."""
+
+    code = "client_key_gallery"
+
+
 class RateLimited(VeilfaceError):
     """Too many requests for this API key."""
 
@@ -174,6 +186,8 @@ _BY_CODE = {
         UnknownSubject,
         UnknownGallery,
         Conflict,
+        KeyModeConflict,
+        ClientKeyGallery,
         RateLimited,
         Unavailable,
         KeyMismatch,

@@ -9,7 +9,9 @@ design (it decrypts scores only). Re-encryption would also carry over the delete
 still folded into packed blocks, which rotation is the documented way to erase
 (crypto-shredding, ``docs/encrypted-search.md``). So rotation drops every ciphertext of the
 old key set, keeps galleries and subjects (the list of who must be enrolled again), and
-destroys the old secret key unless asked to keep it.
+destroys the old secret key unless asked to keep it. It drops the ciphertexts of the galleries with
+keys of their own too (their sentinels' seeds are sealed with the old ``sentinel.key``); one such
+gallery alone is re-keyed by :func:`veilface.admin.gallery_keys.rotate_gallery_keys`.
 """
 
 from __future__ import annotations
@@ -68,11 +70,7 @@ def rotate_keys(
     try:
         new = generate(staging)
         with session_scope(sessions) as session:
-            dropped = session.scalar(select(func.count(Template.subject_id))) or 0  # not sentinels
-            subjects = session.scalar(select(func.count(func.distinct(Template.subject_id)))) or 0
-            session.execute(delete(BlockCiphertext))
-            session.execute(delete(Block))
-            session.execute(delete(Template))
+            dropped, subjects = drop_ciphertexts(session)
             set_key_set(session, new)
             session.add(AuditEntry(api_key_id=None, action="rotate_keys", outcome="ok"))
         if keep_old is not None:
@@ -85,3 +83,19 @@ def rotate_keys(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Rotation(old, new, dropped, subjects, keep_old)
+
+
+def drop_ciphertexts(session: Session, gallery_id: int | None = None) -> tuple[int, int]:
+    """Delete every template (sentinels included) and packed block of one gallery, or of all, in the
+    caller's transaction; subjects stay. Returns the templates dropped (not counting sentinels) and
+    the subjects that must be enrolled again."""
+    of_templates = [] if gallery_id is None else [Template.gallery_id == gallery_id]
+    of_blocks = [] if gallery_id is None else [Block.gallery_id == gallery_id]
+    counted = select(func.count(Template.subject_id), func.count(func.distinct(Template.subject_id)))
+    dropped, subjects = session.execute(counted.where(*of_templates)).one()
+    session.execute(
+        delete(BlockCiphertext).where(BlockCiphertext.block_id.in_(select(Block.id).where(*of_blocks)))
+    )
+    session.execute(delete(Block).where(*of_blocks))
+    session.execute(delete(Template).where(*of_templates))
+    return dropped or 0, subjects or 0

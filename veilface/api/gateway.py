@@ -1,8 +1,10 @@
 """What the gateway does for a request: dispatch to the workers, decrypt scores, decide.
 
 This is the only place where scores are decrypted, through :mod:`veilface.crypto.secret`;
-templates never reach the gateway. Both HTTP front ends (``/v1`` and the
-CompreFace-compatible ``/api/v1``) call this class, so the logic exists once.
+templates never reach the gateway. A gallery with keys of its own is searched with its key set
+(sent to the workers as ``key_set``) and decrypted with its secret key (:class:`GalleryKeys`). Both
+HTTP front ends (``/v1`` and the CompreFace-compatible ``/api/v1``) call this class, so the logic
+exists once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from veilface.api.transport import TaskTransport
 from veilface.config import Settings
 from veilface.crypto.codec import peek_dim
 from veilface.crypto.layout import BlockLayout
-from veilface.crypto.secret import SecretContext
+from veilface.crypto.secret import GalleryKeyring, SecretContext
 from veilface.messaging.messages import (
     EMBED_QUEUE,
     MATCH_QUEUE,
@@ -54,6 +56,7 @@ from veilface.search.repository import block_refs
 from veilface.search.results import ScoreResult
 from veilface.store import galleries as store
 from veilface.store.db import session_scope
+from veilface.store.keysets import PublicContexts
 from veilface.store.models import AuditEntry, Gallery
 from veilface.store.presence import MATCHER, live_workers
 from veilface.store.sentinels import SentinelKeeper, live_positions
@@ -68,6 +71,15 @@ Owners = dict[tuple[int, int], store.SlotOwner]
 Expected = Mapping[tuple[int, int], float]
 #: The reason given for a face past ``max_faces_per_request`` usable ones: listed, not searched.
 NOT_SEARCHED = "not_searched"
+
+
+@dataclass(frozen=True)
+class GalleryKeys:
+    """The keys of one gallery: ``key_set``, the fingerprint the workers encrypt and score with
+    (``None``: the deployment's), and ``secret``, the gateway's key that decrypts its scores."""
+
+    key_set: str | None
+    secret: SecretContext
 
 
 @dataclass(frozen=True)
@@ -103,14 +115,17 @@ class Gateway:
         sessions: sessionmaker[Session],
         keys: SecretContext,
         transport: TaskTransport,
+        keyring: GalleryKeyring | None = None,
     ):
         self.settings = settings
         self.sessions = sessions
         self.keys = keys
         self.transport = transport
+        #: The secret keys of galleries with keys of their own (``{keys_path}/galleries``).
+        self.keyring = keyring or GalleryKeyring(settings.gallery_keys_path)
         self.registry = ModelRegistry(settings)
         self.limits = Limits.from_settings(settings)
-        self.sentinel_keeper = SentinelKeeper.from_settings(settings)
+        self.sentinel_keeper = SentinelKeeper.from_settings(settings, PublicContexts(sessions))
         self._foreign_seen: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -122,17 +137,37 @@ class Gateway:
     def threshold(self, model_version: str) -> float:
         return self.registry.get(model_version).threshold
 
+    @property
+    def deployment_keys(self) -> GalleryKeys:
+        """The deployment's keys: those of every gallery in deployment mode, and of 1:1 photo pairs."""
+        return GalleryKeys(None, self.keys)
+
+    def keys_of(self, gallery: Gallery) -> GalleryKeys:
+        """The keys that encrypt ``gallery`` and decrypt its scores.
+
+        :class:`~veilface.errors.KeyMismatch` if its secret key file is gone (destroyed by another
+        gateway process); :class:`~veilface.errors.ClientKeyGallery` if the client holds it.
+        """
+        if gallery.key_mode == "deployment":
+            return self.deployment_keys
+        if gallery.key_mode == "client":
+            raise errors.ClientKeyGallery(
+                f"gallery {gallery.name!r} is encrypted under its client's key: the server cannot read "
+                "its scores, so it cannot decide a match (search it through the client)"
+            )
+        return GalleryKeys(gallery.key_fingerprint, self.keyring.get(gallery.key_fingerprint))
+
     # -- enrollment -------------------------------------------------------------------
 
     def enroll(self, gallery_name: str, subject_name: str, images: list[bytes], *, main_face: bool) -> dict:
         """Enroll every image for a subject (created on first use); all or nothing per image."""
         with self.session() as session:
             gallery = store.get_or_create_gallery(session, gallery_name)
-            gallery_id, projection = gallery.id, gallery.projection
+            gallery_id, projection, key_set = gallery.id, gallery.projection, self.keys_of(gallery).key_set
         active = self.registry.active().version
         results = []
         for img in images:
-            self._top_up_sentinels(gallery_id, active)
+            self._top_up_sentinels(gallery_id, active, key_set)
             request = EnrollRequest(
                 gallery_id,
                 subject_name,
@@ -141,13 +176,14 @@ class Gateway:
                 main_face,
                 model_version=active,
                 projection=projection,
+                key_set=key_set,
             )
             message = self.transport.sealed(request, img).to_message()
             results.append(
                 EnrollResult.from_message(self.transport.call(TASK_ENROLL, [message], EMBED_QUEUE))
             )
-        self._top_up_sentinels(gallery_id, results[-1].model_version)
-        self._maybe_compact(gallery_id, results[-1].model_version)
+        self._top_up_sentinels(gallery_id, results[-1].model_version, key_set)
+        self._maybe_compact(gallery_id, results[-1].model_version, key_set)
         return {
             "subject": subject_name,
             "enrolled": len(results),
@@ -156,29 +192,30 @@ class Gateway:
             "model_version": results[-1].model_version,
         }
 
-    def _top_up_sentinels(self, gallery_id: int, model_version: str) -> None:
+    def _top_up_sentinels(self, gallery_id: int, model_version: str, key_set: str | None) -> None:
         """Add the sentinels due at the gallery's next positions (before and after each enrollment,
-        so a sentinel may come on either side of a face); a failure is logged, not returned."""
+        so a sentinel may come on either side of a face), under the gallery's key set ``key_set``;
+        a failure is logged, not returned."""
         try:
             with self.session() as session:
-                self.sentinel_keeper.top_up(session, gallery_id, model_version)
-        except (DBAPIError, OSError) as exc:
+                self.sentinel_keeper.top_up(session, gallery_id, model_version, key_set)
+        except (DBAPIError, OSError, errors.KeyMismatch) as exc:
             log.warning("sentinels of gallery %d not added: %s", gallery_id, type(exc).__name__)
 
-    def _maybe_compact(self, gallery_id: int, model_version: str) -> None:
+    def _maybe_compact(self, gallery_id: int, model_version: str, key_set: str | None) -> None:
         """Queue a compaction when the delta is full; the templates are stored already, so a
         backend failure here is logged, not returned (the next enrollment asks again)."""
         try:
             with self.session() as session:
                 pending = store.delta_size(session, gallery_id, model_version)
             if pending >= self.settings.compaction_threshold:
-                self.request_compaction(gallery_id, model_version)
+                self.request_compaction(gallery_id, model_version, key_set)
         except (errors.Unavailable, DBAPIError, OSError) as exc:
             log.warning("compaction of gallery %d not queued: %s", gallery_id, type(exc).__name__)
 
-    def request_compaction(self, gallery_id: int, model_version: str):
-        """Queue a compaction of the gallery's delta (public keys only, on a matcher)."""
-        return self.transport.send(TASK_COMPACT, [gallery_id, model_version], MATCH_QUEUE)
+    def request_compaction(self, gallery_id: int, model_version: str, key_set: str | None):
+        """Queue a compaction of the gallery's delta (public keys of ``key_set`` only, on a matcher)."""
+        return self.transport.send(TASK_COMPACT, [gallery_id, model_version, key_set], MATCH_QUEUE)
 
     # -- search -----------------------------------------------------------------------
 
@@ -189,13 +226,15 @@ class Gateway:
         as_template: bool = False,
         projection: str | None = None,
         sentinels: Sequence[sentinel_checks.SentinelRef] = (),
+        key_set: str | None = None,
     ) -> list[Probe]:
         """Detect every face of ``image`` and encrypt a probe for each usable one, the main face first.
 
         ``as_template`` encrypts each face in the template layout instead (slot 0), for a
         1:1 comparison of two photos; ``projection`` is the searched gallery's
         compact-template projection, if it has one; each probe carries back the sealed true
-        scores of ``sentinels`` (:meth:`watched_probes`).
+        scores of ``sentinels`` (:meth:`watched_probes`); ``key_set`` is its key set (``None``: the
+        deployment's).
         """
         request = ProbeRequest(
             hashlib.sha256(image).hexdigest(),
@@ -203,6 +242,7 @@ class Gateway:
             as_template=as_template,
             model_version=self.registry.active().version,
             projection=projection,
+            key_set=key_set,
         )
         request = self.transport.sealed(request, image)
         seeds = [ref.seed for ref in sentinels]
@@ -212,13 +252,14 @@ class Gateway:
         return [Probe.from_message(f) for f in faces]
 
     def watched_probes(
-        self, gallery_id: int, image: bytes, projection: str | None
+        self, gallery_id: int, image: bytes, projection: str | None, key_set: str | None
     ) -> tuple[list[Probe], list[Expected]]:
-        """The probes of ``image`` for a search of the gallery, and for each (by probe index) the
-        true scores of the gallery's sentinels, which the embedder computed and sealed."""
+        """The probes of ``image`` for a search of the gallery (under its key set ``key_set``), and
+        for each (by probe index) the true scores of the gallery's sentinels, which the embedder
+        computed and sealed."""
         with self.session() as session:
             refs = self.sentinel_keeper.roster(session, gallery_id, self.registry.active().version)
-        probes = self.probes(image, projection=projection, sentinels=refs)
+        probes = self.probes(image, projection=projection, sentinels=refs, key_set=key_set)
         return probes, sentinel_checks.expected_per_probe(self.transport.sealer, probes, refs)
 
     def _scatter(
@@ -226,6 +267,7 @@ class Gateway:
         gallery_id: int,
         model_version: str,
         probes: list[str],
+        keys: GalleryKeys,
         sentinels: Sequence[Expected] | None = None,
     ) -> tuple[list[Decrypted], Owners]:
         """Score ``probes`` (the faces of one image) on every shard, one message per shard, and
@@ -255,17 +297,18 @@ class Gateway:
         for name, blocks in assignment.items():
             if not blocks:
                 continue
-            request = SearchRequest(gallery_id, model_version, probes, blocks)
+            request = SearchRequest(gallery_id, model_version, probes, blocks, keys.key_set)
             plan = ShardPlan(name, dim, frozenset(blocks), digests)
             pending.append((plan, self.transport.send(TASK_SEARCH, [request.to_message()], queues[name])))
         answers = [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
         expected = list(sentinels) if sentinels is not None else [{} for _ in probes]
-        return self._checked_search(gallery_id, model_version, expected, answers)
+        return self._checked_search(gallery_id, model_version, keys.secret, expected, answers)
 
     def _checked_search(
         self,
         gallery_id: int,
         model_version: str,
+        secret: SecretContext,
         sentinels: Sequence[Expected],
         answers: list[tuple[ShardPlan, Any]],
     ) -> tuple[list[Decrypted], Owners]:
@@ -286,7 +329,7 @@ class Gateway:
                 {block_no: ref.version for block_no, ref in refs.items()},
                 owners,
             )
-        capacity = 2 * self.keys.slots
+        capacity = 2 * secret.slots
         decrypted: list[Decrypted] = [[] for _ in sentinels]
         for plan, message in answers:
             with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
@@ -294,19 +337,19 @@ class Gateway:
                 if answer.worker != plan.worker:
                     raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
                 checks.check_probe_parts(plan, [part.probe_sha256 for part in answer.probes])
-                layout = BlockLayout(self.keys.slots, plan.dim)
+                layout = BlockLayout(secret.slots, plan.dim)
                 for part, found, expected in zip(answer.probes, decrypted, sentinels, strict=True):
                     checks.check_shard_answer(plan, part.scores, state, capacity)
                     shard, tolerances = [], {}
                     for result in part.scores:
                         allowed, tolerance = checks.expected_lanes(result, state, capacity)
-                        vector = self.keys.decrypt_scores(result.ciphertext, result.source)
+                        vector = secret.decrypt_scores(result.ciphertext, result.source)
                         what = f"block {result.block_no} ({result.source})"
                         checks.check_scores(layout, vector, allowed, tolerance, what)
                         shard.append((result, vector))
                         tolerances[result.block_no, result.source] = tolerance
                     mine = {at: v for at, v in expected.items() if at in live and at[0] in plan.blocks}
-                    sentinel_checks.check_sentinels(shard, mine, tolerances, self.keys.slots)
+                    sentinel_checks.check_sentinels(shard, mine, tolerances, secret.slots)
                     found.extend(shard)
         return decrypted, owners
 
@@ -359,15 +402,16 @@ class Gateway:
         model_version: str,
         probes: list[str],
         top_k: int,
+        keys: GalleryKeys,
         subject_filter: str | None = None,
         sentinels: Sequence[Expected] | None = None,
     ) -> list[list[Candidate]]:
         """Top-``top_k`` subjects for each encrypted probe (best template per subject), all
-        probes in one batched search; ``sentinels[i]`` are the true scores of the gallery's
-        sentinels for probe ``i`` (:meth:`watched_probes`)."""
-        decrypted, owners = self._scatter(gallery_id, model_version, probes, sentinels)
+        probes in one batched search of a gallery of ``keys``; ``sentinels[i]`` are the true
+        scores of the gallery's sentinels for probe ``i`` (:meth:`watched_probes`)."""
+        decrypted, owners = self._scatter(gallery_id, model_version, probes, keys, sentinels)
         live = {k: v.subject for k, v in owners.items() if subject_filter in (None, v.subject)}
-        ranked = (ranking.top_k(found, live, top_k, self.keys.slots) for found in decrypted)
+        ranked = (ranking.top_k(found, live, top_k, keys.secret.slots) for found in decrypted)
         return [[Candidate(subject, round(similarity, 6)) for subject, similarity in r] for r in ranked]
 
     def identify(
@@ -380,10 +424,10 @@ class Gateway:
         """
         with self.session() as session:
             gallery = store.get_gallery(session, gallery_name)
-            gallery_id, projection = gallery.id, gallery.projection
+            gallery_id, projection, keys = gallery.id, gallery.projection, self.keys_of(gallery)
         faces = []
-        probes, expected = self.watched_probes(gallery_id, image, projection)
-        found = iter(self._search_faces(gallery_id, probes, expected, top_k))
+        probes, expected = self.watched_probes(gallery_id, image, projection, keys.key_set)
+        found = iter(self._search_faces(gallery_id, keys, probes, expected, top_k))
         for probe, searched in zip(probes, self._searched(probes), strict=True):
             if not searched:
                 faces.append(IdentifiedFace(*_box(probe), [], None, probe.quality_reason or NOT_SEARCHED))
@@ -395,7 +439,7 @@ class Gateway:
         return faces
 
     def _search_faces(
-        self, gallery_id: int, probes: list[Probe], expected: list[Expected], top_k: int
+        self, gallery_id: int, keys: GalleryKeys, probes: list[Probe], expected: list[Expected], top_k: int
     ) -> list[list[Candidate]]:
         """The candidates of each searched probe (:meth:`_searched`), in order, in one batched search.
 
@@ -406,7 +450,7 @@ class Gateway:
         if not batch:
             return []
         ciphertexts = [p.ciphertext for p in batch]
-        return self.search(gallery_id, batch[0].model_version, ciphertexts, top_k, sentinels=sentinels)
+        return self.search(gallery_id, batch[0].model_version, ciphertexts, top_k, keys, sentinels=sentinels)
 
     def _searched(self, probes: list[Probe]) -> list[bool]:
         """Which probes are searched: the usable ones, the first ``max_faces_per_request`` of them."""
@@ -422,11 +466,11 @@ class Gateway:
         with self.session() as session:
             gallery = store.get_gallery(session, gallery_name)
             store.get_subject(session, gallery, subject_name)
-            gallery_id, projection = gallery.id, gallery.projection
-        probes, expected = self.watched_probes(gallery_id, image, projection)
+            gallery_id, projection, keys = gallery.id, gallery.projection, self.keys_of(gallery)
+        probes, expected = self.watched_probes(gallery_id, image, projection, keys.key_set)
         probe = _main_probe(probes)
         (candidates,) = self.search(
-            gallery_id, probe.model_version, [probe.ciphertext], 1, subject_name, [expected[0]]
+            gallery_id, probe.model_version, [probe.ciphertext], 1, keys, subject_name, [expected[0]]
         )
         if not candidates:
             raise errors.UnknownSubject(
@@ -440,8 +484,10 @@ class Gateway:
         return self._decision(self._pair_similarity(first, second), first.model_version)
 
     def _pair_similarity(self, probe: Probe, template: Probe) -> float:
-        """Similarity of a probe and a template-layout ciphertext, scored by a matcher."""
-        message = self.transport.call(TASK_PAIR, [probe.ciphertext, template.ciphertext], MATCH_QUEUE)
+        """Similarity of a probe and a template-layout ciphertext (under the deployment's keys: two
+        photos, no gallery), scored by a matcher."""
+        args = [probe.ciphertext, template.ciphertext, self.deployment_keys.key_set]
+        message = self.transport.call(TASK_PAIR, args, MATCH_QUEUE)
         dim = peek_dim(b64decode(probe.ciphertext))
         worker = message.get("worker") if isinstance(message, dict) else None
         with self._refusing_forgery(TASK_PAIR, worker if isinstance(worker, str) else "(unnamed)"):
@@ -477,8 +523,9 @@ class Gateway:
             gallery = store.get_gallery(session, gallery_name)
             template, _subject = store.get_live_template(session, gallery, template_id)
             gallery_id, version, slot = gallery.id, template.model_version, (template.block_no, template.slot)
+            keys = self.keys_of(gallery)
         scored = []
-        probes, expected = self.watched_probes(gallery_id, image, None)
+        probes, expected = self.watched_probes(gallery_id, image, None, keys.key_set)
         searched = self._searched(probes)
         batch, sentinels = _searched_batch(probes, expected, searched)
         for probe in batch:
@@ -488,7 +535,7 @@ class Gateway:
                     "re-enroll the subject"
                 )
         ciphertexts = [p.ciphertext for p in batch]
-        similarities = iter(self._slot_similarities(gallery_id, version, ciphertexts, slot, sentinels))
+        similarities = iter(self._slot_similarities(gallery_id, version, keys, ciphertexts, slot, sentinels))
         for probe, was_searched in zip(probes, searched, strict=True):
             if not was_searched:
                 scored.append(FaceScore(probe.face, None, probe.quality_reason or NOT_SEARCHED))
@@ -500,6 +547,7 @@ class Gateway:
         self,
         gallery_id: int,
         version: str,
+        keys: GalleryKeys,
         probes: list[str],
         slot: tuple[int, int],
         sentinels: Sequence[Expected],
@@ -508,10 +556,10 @@ class Gateway:
         one batched search."""
         if not probes:
             return []
-        decrypted, _ = self._scatter(gallery_id, version, probes, sentinels)
+        decrypted, _ = self._scatter(gallery_id, version, probes, keys, sentinels)
         similarities = []
         for found in decrypted:
-            ranked = ranking.top_k(found, {slot: "template"}, 1, self.keys.slots)
+            ranked = ranking.top_k(found, {slot: "template"}, 1, keys.secret.slots)
             if not ranked:
                 raise errors.NotFound("the template was deleted while it was being compared")
             similarities.append(ranked[0][1])

@@ -32,6 +32,17 @@ _VERDICT = {
         "threshold": {"type": "number"},
     },
 }
+#: A gallery's keys: ``keys`` is "deployment", "own" (a key set of its own) or "client"; the
+#: fingerprint is that of its own key set, null for the deployment's.
+_GALLERY = {
+    "type": "object",
+    "required": ["keys", "key_fingerprint"],
+    "properties": {
+        "keys": {"type": "string", "enum": ["deployment", "own", "client"]},
+        "key_fingerprint": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        "projection": {"type": ["string", "null"]},
+    },
+}
 _BOX = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
 
 
@@ -166,7 +177,7 @@ def document() -> dict:
             },
             "/v1/galleries/{gallery}": {
                 "put": {
-                    "summary": "Create a gallery with options (projection for compact templates)",
+                    "summary": "Create a gallery with options (compact templates, a key set of its own)",
                     "parameters": [GALLERY],
                     "requestBody": {
                         "required": True,
@@ -175,18 +186,37 @@ def document() -> dict:
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "projection": {"type": ["string", "null"], "pattern": NAME_PATTERN}
+                                        "projection": {"type": ["string", "null"], "pattern": NAME_PATTERN},
+                                        "keys": {"type": "string", "enum": ["deployment", "own"]},
                                     },
                                 }
                             }
                         },
                     },
-                    "responses": {**_ok({"type": "object"}), **_errors(400, 401, 403, 404, 409, 429, 503)},
+                    "responses": {**_ok(_GALLERY), **_errors(400, 401, 403, 404, 409, 429, 503)},
+                },
+                "get": {
+                    "summary": "One gallery: options, keys, the active model's version and threshold",
+                    "parameters": [GALLERY],
+                    "responses": {**_ok(_GALLERY), **_errors(401, 403, 404, 429, 503)},
                 },
                 "delete": {
-                    "summary": "Delete a gallery and every ciphertext in it",
+                    "summary": "Delete a gallery and every ciphertext in it (and its own secret key)",
                     "parameters": [GALLERY],
-                    "responses": {**_ok({"type": "object"}), **_errors(401, 403, 404, 429, 503)},
+                    "responses": {
+                        **_ok(
+                            {
+                                "type": "object",
+                                "required": ["gallery", "deleted", "keys_destroyed"],
+                                "properties": {
+                                    "gallery": {"type": "string"},
+                                    "deleted": {"type": "boolean"},
+                                    "keys_destroyed": {"type": "boolean"},
+                                },
+                            }
+                        ),
+                        **_errors(401, 403, 404, 429, 503),
+                    },
                 },
             },
             "/v1/galleries/{gallery}/subjects": {

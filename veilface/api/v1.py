@@ -7,6 +7,7 @@ from dataclasses import asdict
 from flask import Blueprint, g, jsonify, request
 
 from veilface import errors
+from veilface.admin import gallery_keys
 from veilface.api.auth import audit, limit_subject_verification, require_key
 from veilface.api.disclosure import Disclosure
 from veilface.api.gateway import IdentifiedFace
@@ -22,6 +23,7 @@ from veilface.api.params import (
     uploaded_images,
 )
 from veilface.store import galleries as store
+from veilface.store.models import Gallery
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -102,20 +104,49 @@ def list_galleries():
 @blueprint.put("/galleries/<gallery>")
 @require_key("admin")
 def configure_gallery(gallery: str):
-    """Create a gallery with options: ``{"projection": "pca128"}`` keeps compact templates."""
+    """Create a gallery with options: ``{"projection": "pca128"}`` keeps compact templates,
+    ``{"keys": "own"}`` gives it a key set of its own (``"deployment"``: the deployment's, the default).
+    A gallery's keys are chosen at creation: asking an existing one for others is a 409."""
     checked_gallery(gallery)
     body = json_object()
     if body is None or not isinstance(body.get("projection"), str | None):
-        raise errors.BadRequest('send JSON {"projection": NAME or null}')
+        raise errors.BadRequest('send JSON {"projection": NAME or null, "keys": "deployment" or "own"}')
     projection = body.get("projection")
+    key_mode = gallery_keys.key_mode_for(body["keys"]) if "keys" in body else None
     gw = current_gateway()
     if projection is not None:
         gw.registry.projection(projection)  # 404 for an unknown projection
+    if key_mode is not None:
+        gallery_keys.ensure_gallery(gw.sessions, gw.keyring, gallery, key_mode)
     with gw.session() as session:
         row = store.configure_gallery(session, gallery, projection)
-        result = {"gallery": row.name, "projection": row.projection}
+        result = {"gallery": row.name, "projection": row.projection, **_keys_json(row)}
     audit("configure_gallery", gallery)
     return jsonify(result)
+
+
+def _keys_json(row: Gallery) -> dict:
+    """How a gallery's keys show in the API: ``keys`` ("deployment", "own" or "client") and the
+    fingerprint of its own key set (``null`` for the deployment's)."""
+    return {"keys": gallery_keys.SHOWN_KEYS[row.key_mode], "key_fingerprint": row.key_fingerprint}
+
+
+@blueprint.get("/galleries/<gallery>")
+@require_key("read")
+def get_gallery(gallery: str):
+    """One gallery: its options, its keys, and the active model's version and threshold."""
+    gw = current_gateway()
+    model = gw.registry.active()
+    with gw.session() as session:
+        row = store.get_gallery(session, gallery)
+        body = {
+            "name": row.name,
+            "projection": row.projection,
+            **_keys_json(row),
+            "created_at": row.created_at.isoformat(),
+        }
+    body.update(model_version=model.version, threshold=model.threshold)
+    return jsonify(body)
 
 
 @blueprint.get("/galleries/<gallery>/subjects")
@@ -168,7 +199,9 @@ def delete_subject(gallery: str, subject: str):
 @blueprint.delete("/galleries/<gallery>")
 @require_key("admin")
 def delete_gallery(gallery: str):
-    with current_gateway().session() as session:
-        store.delete_gallery(session, store.get_gallery(session, gallery))
+    """Delete a gallery with every ciphertext; one with keys of its own loses its secret key too
+    (``keys_destroyed``: any copy of its ciphertexts is unreadable from then on)."""
+    gw = current_gateway()
+    destroyed = gallery_keys.delete_gallery(gw.sessions, gw.keyring, gallery)
     audit("delete_gallery", gallery)
-    return jsonify({"gallery": gallery, "deleted": True})
+    return jsonify({"gallery": gallery, "deleted": True, "keys_destroyed": destroyed})

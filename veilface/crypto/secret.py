@@ -7,6 +7,8 @@ enforces that only gateway-side code does. It decrypts score ciphertexts, never 
 from __future__ import annotations
 
 import os
+import re
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -27,14 +29,13 @@ ScoreSource = Literal["block", "delta"]
 _SECRET_MAGIC = b"VFSK1\n"
 
 
-def generate_keyset(key_dir: str | Path, params: CkksParams | None = None) -> str:
-    """Create ``public.ctx`` and ``secret.ctx`` (mode 0600) in ``key_dir``; return the fingerprint.
+def _new_keyset(params: CkksParams) -> tuple[bytes, str, bytes]:
+    """A fresh key set: the public context, its fingerprint and the secret file's content.
 
     The public context holds the public key, the relinearisation key and Galois keys for the
-    power-of-two steps below ``params.max_dim`` only. The secret context holds the secret and
+    power-of-two steps below ``params.max_dim`` only. The secret file holds the secret and
     public keys and the fingerprint of its public context.
     """
-    params = params or CkksParams()
     context = ts.context(
         ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes)
     )
@@ -51,13 +52,23 @@ def generate_keyset(key_dir: str | Path, params: CkksParams | None = None) -> st
     secret_blob = context.serialize(
         save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
     )
+    return public_blob, fingerprint, _SECRET_MAGIC + fingerprint.encode() + secret_blob
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, readable by its owner only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.chmod(path, 0o600)
+
+
+def generate_keyset(key_dir: str | Path, params: CkksParams | None = None) -> str:
+    """Create ``public.ctx`` and ``secret.ctx`` (mode 0600) in ``key_dir``; return the fingerprint."""
+    public_blob, fingerprint, secret_file = _new_keyset(params or CkksParams())
     key_dir = Path(key_dir)
     key_dir.mkdir(parents=True, exist_ok=True)
-    secret_path = key_dir / "secret.ctx"
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(_SECRET_MAGIC + fingerprint.encode() + secret_blob)
-    os.chmod(secret_path, 0o600)
+    _write_private(key_dir / "secret.ctx", secret_file)
     (key_dir / "public.ctx").write_bytes(public_blob)
     return fingerprint
 
@@ -138,3 +149,64 @@ class SecretContext:
         plain = sealapi.Plaintext()
         self._decryptor.decrypt(ciphertext, plain)
         return np.asarray(self._encoder.decode_complex(plain))
+
+
+#: A key-set fingerprint: SHA-256 in lowercase hex (the only names the keyring gives its files).
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+class GalleryKeyring:
+    """The secret keys of the galleries with keys of their own: one file per key set,
+    ``{folder}/{fingerprint}.secret`` (0600, the format of ``secret.ctx``).
+
+    Deleting a file is crypto-shredding: every ciphertext of that key set, wherever a copy went,
+    can no longer be decrypted. Loaded keys are kept, but :meth:`get` checks at every call that the
+    file still exists, so a key destroyed by one gateway process stops working in all of them.
+    """
+
+    def __init__(self, folder: str | Path, params: CkksParams | None = None):
+        self.folder = Path(folder)
+        self.params = params or CkksParams()
+        self._loaded: dict[str, SecretContext] = {}
+        self._lock = threading.Lock()
+
+    def path(self, fingerprint: str) -> Path:
+        """The file of key set ``fingerprint`` (``ValueError`` for anything but a fingerprint)."""
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            raise ValueError("a key-set fingerprint is 64 lowercase hex digits")
+        return self.folder / f"{fingerprint}.secret"
+
+    def create(self) -> tuple[str, bytes]:
+        """A new key set: its secret file is written; returns the fingerprint and the public context
+        (for the store, :func:`veilface.store.keysets.save_public_key_set`)."""
+        public_blob, fingerprint, secret_file = _new_keyset(self.params)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self.path(fingerprint), secret_file)
+        return fingerprint, public_blob
+
+    def get(self, fingerprint: str) -> SecretContext:
+        """The secret context of key set ``fingerprint``; :class:`KeyMismatch` once its file is gone."""
+        path = self.path(fingerprint)
+        if not path.is_file():
+            with self._lock:
+                self._loaded.pop(fingerprint, None)
+            raise KeyMismatch(f"the secret key of key set {fingerprint[:12]} is not held here (destroyed?)")
+        with self._lock:
+            keys = self._loaded.get(fingerprint)
+        if keys is None:
+            keys = SecretContext.load(path)
+            keys.check_fingerprint(fingerprint)
+            with self._lock:
+                self._loaded[fingerprint] = keys
+        return keys
+
+    def destroy(self, fingerprint: str) -> bool:
+        """Delete the secret key of ``fingerprint`` (crypto-shredding); whether a file was there."""
+        path = self.path(fingerprint)
+        with self._lock:
+            self._loaded.pop(fingerprint, None)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True

@@ -133,6 +133,8 @@ class EnrollRequest:
     sealed_image: str = ""
     model_version: str | None = None
     projection: str | None = None
+    #: Fingerprint of the gallery's own key set; ``None``: the deployment's.
+    key_set: str | None = None
 
     def binding(self) -> ImageBinding:
         return ImageBinding(TASK_ENROLL, self.image_sha256, self.expires, self.gallery_id, self.subject)
@@ -152,7 +154,8 @@ class ProbeRequest:
     ``sealed_image``, ``image_sha256`` and ``expires`` as for :class:`EnrollRequest`;
     ``projection`` is the searched gallery's compact-template projection, if it has one;
     ``sealed_sentinels`` the seeds of the searched gallery's sentinels, sealed to :meth:`binding`
-    (:func:`veilface.search.sentinels.seal_seeds`), whose true scores each probe carries back.
+    (:func:`veilface.search.sentinels.seal_seeds`), whose true scores each probe carries back;
+    ``key_set`` the fingerprint of the searched gallery's own key set (``None``: the deployment's).
     """
 
     image_sha256: str
@@ -162,6 +165,7 @@ class ProbeRequest:
     model_version: str | None = None
     projection: str | None = None
     sealed_sentinels: str = ""
+    key_set: str | None = None
 
     def binding(self) -> ImageBinding:
         return ImageBinding(TASK_PROBE, self.image_sha256, self.expires)
@@ -186,12 +190,14 @@ def _is_int(value: object) -> bool:
 @dataclass(frozen=True)
 class SearchRequest:
     """Score every probe of ``probes`` (the faces of one image, base64 ciphertexts) on the
-    packed blocks and deltas numbered ``blocks`` of one gallery: one message per matcher."""
+    packed blocks and deltas numbered ``blocks`` of one gallery: one message per matcher.
+    ``key_set`` is the fingerprint of the gallery's own key set (``None``: the deployment's)."""
 
     gallery_id: int
     model_version: str
     probes: list[str]
     blocks: list[int] = field(default_factory=list)
+    key_set: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +214,7 @@ class SearchRequest:
             and all(isinstance(p, str) for p in request.probes)
             and isinstance(request.blocks, list)
             and all(_is_int(b) for b in request.blocks)
+            and isinstance(request.key_set, str | None)
         )
         if not well_typed:
             raise errors.BadRequest("malformed SearchRequest message")

@@ -30,6 +30,12 @@ BLOCK_LAYOUT_COLUMNS = {
     "layout_version": "layout_version INTEGER NOT NULL DEFAULT 1",
     "baby_steps": "baby_steps INTEGER NULL",
 }
+#: Columns of ``galleries`` added with per-gallery key sets: every gallery made before them was
+#: encrypted under the deployment's key set.
+GALLERY_KEY_COLUMNS = {
+    "key_mode": "key_mode VARCHAR(16) NOT NULL DEFAULT 'deployment'",
+    "key_fingerprint": "key_fingerprint VARCHAR(64) NULL",
+}
 #: Before ``key_sets`` existed, the deployment's key set was the ``workers`` row of this name and kind.
 LEGACY_KEY_SET_ROW = "gateway"
 
@@ -79,19 +85,21 @@ def create_schema(engine: Engine) -> None:
                 for index in table.indexes:
                     conn.execute(CreateIndex(index, if_not_exists=True))
     with engine.begin() as conn:
-        add_block_layout_columns(conn)
+        add_missing_columns(conn, "blocks", BLOCK_LAYOUT_COLUMNS)
+        add_missing_columns(conn, "galleries", GALLERY_KEY_COLUMNS)
         move_legacy_key_set(conn)
         allow_subjectless_templates(conn)
 
 
-def add_block_layout_columns(conn: Connection) -> None:
-    """Add :data:`BLOCK_LAYOUT_COLUMNS` to a ``blocks`` table that lacks them (idempotent; on
-    MariaDB ``IF NOT EXISTS`` also covers processes that start together)."""
-    present = {column["name"] for column in inspect(conn).get_columns("blocks")}
+def add_missing_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """Add ``columns`` (name -> definition) that ``table`` lacks, as a database made before them
+    does (:data:`BLOCK_LAYOUT_COLUMNS`, :data:`GALLERY_KEY_COLUMNS`); idempotent, and on MariaDB
+    ``IF NOT EXISTS`` also covers processes that start together."""
+    present = {column["name"] for column in inspect(conn).get_columns(table)}
     guard = "IF NOT EXISTS " if conn.dialect.name in ("mysql", "mariadb") else ""
-    for name, definition in BLOCK_LAYOUT_COLUMNS.items():
+    for name, definition in columns.items():
         if name not in present:
-            conn.exec_driver_sql(f"ALTER TABLE blocks ADD COLUMN {guard}{definition}")
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {guard}{definition}")
 
 
 def move_legacy_key_set(conn: Connection) -> None:

@@ -39,6 +39,9 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 TEMPLATE_STATES = ("delta", "packed")
 #: Name of the one ``key_sets`` row: the key set of this deployment.
 DEPLOYMENT_KEY_SET = "deployment"
+#: Whose key set encrypts a gallery: the deployment's, the gallery's own (its secret key on the
+#: gateway), or one the client uploaded (the server never holds its secret key).
+KEY_MODES = ("deployment", "gallery", "client")
 
 
 class Base(DeclarativeBase):
@@ -52,6 +55,12 @@ class Gallery(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
     #: Template dimension kept for this gallery: the model's own, or a compact projection.
     projection: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: One of :data:`KEY_MODES`.
+    key_mode: Mapped[str] = mapped_column(
+        String(16), default="deployment", server_default="deployment", nullable=False
+    )
+    #: Fingerprint of the gallery's public key set (:class:`PublicKeySetPart`); NULL in deployment mode.
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
 
 
@@ -201,3 +210,14 @@ class KeySet(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     announced_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class PublicKeySetPart(Base):
+    """One chunk of a gallery's serialized public context (~16 MB with its Galois keys, too close to
+    MySQL's packet limit for one row): ``part`` numbers them from 0 (:mod:`veilface.store.keysets`)."""
+
+    __tablename__ = "public_key_set_parts"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(Blob, nullable=False)

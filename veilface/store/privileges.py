@@ -4,11 +4,12 @@ Only the migration (``veilface db migrate``, run with an administrator's URL) ch
 The gateway may read and write every table but may not rewrite the audit log or delete the
 deployment's key set; an embedder adds subjects and delta templates; an he-matcher folds delta
 templates into packed blocks. Neither worker can read or write ``api_keys`` or ``audit_log``, nor
-change ``key_sets`` (they read it), and no service has a DDL right. Column lists narrow updates
-further: a matcher may change a template's state and ciphertext, never its subject; and reads: a
-matcher sees a template's position, state and ciphertext only, never its subject, image hash or
-time, so it cannot tell a hidden sentinel (a template with no subject) from an enrolled face, and it
-holds no right on ``sentinels`` (the embedder neither: only the gateway reads the seeds).
+change ``key_sets`` or ``public_key_set_parts`` (they read them), and no service has a DDL right.
+Column lists narrow updates further: a matcher may change a template's state and ciphertext, never
+its subject; and reads: a matcher sees a template's position, state and ciphertext only, never its
+subject, image hash or time, so it cannot tell a hidden sentinel (a template with no subject) from
+an enrolled face, and it holds no right on ``sentinels`` (the embedder neither: only the gateway
+reads the seeds).
 SQLite has no accounts: there every process holds every right (the embedded defaults).
 
 Checked on MariaDB 10.11 (the tests' and the compose file's server). MySQL 8.0.22 and later also
@@ -25,8 +26,8 @@ from veilface.store.models import Base
 DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 #: A worker's heartbeat row (``veilface.store.presence.Heartbeat``): added at start, touched, removed at stop.
 HEARTBEAT = ("SELECT", "INSERT", "UPDATE (model_version, last_seen)", "DELETE")
-#: Every worker compares its key set with the deployment's (``veilface.store.keysets``); only the gateway
-#: records it.
+#: Every worker compares its key set with the deployment's and loads the public key set of a gallery
+#: with keys of its own (``veilface.store.keysets``); only the gateway records or deletes them.
 KEY_SET_READER = ("SELECT",)
 
 #: ``service -> table -> rights``; a table a service does not list is closed to it.
@@ -43,6 +44,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "templates": ("SELECT", "INSERT"),
         "workers": HEARTBEAT,
         "key_sets": KEY_SET_READER,
+        "public_key_set_parts": KEY_SET_READER,
     },
     "matcher": {
         "templates": (
@@ -53,6 +55,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "block_ciphertexts": ("SELECT", "INSERT", "DELETE"),
         "workers": HEARTBEAT,
         "key_sets": KEY_SET_READER,
+        "public_key_set_parts": KEY_SET_READER,
     },
 }
 

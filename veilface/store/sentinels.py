@@ -2,8 +2,9 @@
 
 Gateway only: it holds ``sentinel.key``, which seals each sentinel's seed in the ``sentinels``
 table and decides which gallery positions are sentinels (:func:`veilface.search.sentinels.is_sentinel_slot`).
-A sentinel is encrypted with the public context, like an enrolled face, and stored as a template
-row with no subject, in the delta of its block; compaction folds it like any other.
+A sentinel is encrypted with the public context of its gallery's key set, like an enrolled face,
+and stored as a template row with no subject, in the delta of its block; compaction folds it like
+any other.
 """
 
 from __future__ import annotations
@@ -22,44 +23,65 @@ from veilface.crypto.sealing import PayloadSealer
 from veilface.search.layout import place
 from veilface.search.sentinels import MAX_RUN, SEED_BYTES, SentinelRef, is_sentinel_slot, sentinel_vector
 from veilface.store import galleries as store
+from veilface.store.keysets import PublicContexts
 from veilface.store.models import Block, Sentinel, SlotCounter, Template
 
 
 class SentinelKeeper:
     """Adds sentinels as a gallery grows and lists them, with their seeds, for a search."""
 
-    def __init__(self, key: bytes, per_block: int, public_context_path: Path):
+    def __init__(
+        self,
+        key: bytes,
+        per_block: int,
+        public_context_path: Path,
+        key_sets: PublicContexts | None = None,
+    ):
         self._key = key
         self._seeds = PayloadSealer(key)
         self.per_block = per_block
         self._public_context_path = public_context_path
         self._context: PublicContext | None = None
+        self._key_sets = key_sets
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SentinelKeeper:
+    def from_settings(cls, settings: Settings, key_sets: PublicContexts | None = None) -> SentinelKeeper:
+        """The keeper of ``settings``; ``key_sets`` loads the public contexts of galleries with keys
+        of their own."""
         return cls(
-            read_key(settings.sentinel_key_path), settings.sentinels_per_block, settings.public_context_path
+            read_key(settings.sentinel_key_path),
+            settings.sentinels_per_block,
+            settings.public_context_path,
+            key_sets,
         )
 
-    @property
-    def context(self) -> PublicContext:
-        """The public context (loaded on first use: only adding a sentinel needs it)."""
+    def context_for(self, key_set: str | None) -> PublicContext:
+        """The public context of ``key_set`` (``None``: the deployment's, loaded on first use: only
+        adding a sentinel needs it)."""
+        if key_set is not None:
+            if self._key_sets is None:
+                raise ValueError("this keeper was given no public key sets of galleries")
+            return self._key_sets.get(key_set)
         if self._context is None:
             self._context = PublicContext.load(self._public_context_path)
         return self._context
 
-    def top_up(self, session: Session, gallery_id: int, model_version: str) -> int:
+    def top_up(
+        self, session: Session, gallery_id: int, model_version: str, key_set: str | None = None
+    ) -> int:
         """Give the gallery's next positions to sentinels while the keyed coin says so; returns
         how many were added (none before the gallery's first template of ``model_version``).
 
-        The slot counter row is locked first, so no enrollment takes the position meanwhile.
+        Each is encrypted under the gallery's key set ``key_set`` (``None``: the deployment's). The
+        slot counter row is locked first, so no enrollment takes the position meanwhile.
         """
         if self.per_block <= 0:
             return 0
         dim = template_dim(session, gallery_id, model_version)
         if dim is None:
             return 0
-        rate = self.per_block / self.context.params.block_capacity
+        context = self.context_for(key_set)
+        rate = self.per_block / context.params.block_capacity
         added = 0
         while added < MAX_RUN:
             counter = session.scalar(
@@ -69,18 +91,21 @@ class SentinelKeeper:
             )
             if counter is None or not is_sentinel_slot(self._key, gallery_id, model_version, counter, rate):
                 return added
-            self._add(
-                session,
-                gallery_id,
-                model_version,
-                dim,
-                store.next_sequence(session, gallery_id, model_version),
-            )
+            sequence = store.next_sequence(session, gallery_id, model_version)
+            self._add(session, context, gallery_id, model_version, dim, sequence)
             added += 1
         return added
 
-    def _add(self, session: Session, gallery_id: int, model_version: str, dim: int, sequence: int) -> None:
-        block_no, slot = place(sequence, dim, self.context.params)
+    def _add(
+        self,
+        session: Session,
+        context: PublicContext,
+        gallery_id: int,
+        model_version: str,
+        dim: int,
+        sequence: int,
+    ) -> None:
+        block_no, slot = place(sequence, dim, context.params)
         seed = secrets.token_bytes(SEED_BYTES)
         template = Template(
             gallery_id=gallery_id,
@@ -90,7 +115,7 @@ class SentinelKeeper:
             block_no=block_no,
             slot=slot,
             state="delta",
-            ciphertext=encrypt_template(self.context, sentinel_vector(seed, dim), slot),
+            ciphertext=encrypt_template(context, sentinel_vector(seed, dim), slot),
         )
         session.add(template)
         session.flush()

@@ -187,7 +187,8 @@ def _check_servable(params: CkksParams, version: str, dim: int) -> None:
 def enroll(message: dict) -> dict:
     """Encrypt the face of one image into the gallery's delta; idempotent per image hash.
 
-    ``message`` is an :class:`EnrollRequest`. The subject is created in the same transaction
+    ``message`` is an :class:`EnrollRequest`; the template is encrypted under the gallery's key set
+    (``key_set``, the deployment's when ``None``). The subject is created in the same transaction
     as its first template, so a refused photo never leaves an empty subject behind.
     ``model_version`` is the gateway's active version: an embedder running another one
     refuses the task (503).
@@ -198,15 +199,19 @@ def enroll(message: dict) -> dict:
         request = EnrollRequest.from_message(message)
         image = _image(request)
         _check_model(model, request.model_version)
+        context = state.runtime.context_for(request.key_set)
         face = pipeline.select_for_enrollment(pipeline.analyze(image), main=request.main_face)
         version, vector = state.active.templated(face.embedding, request.projection)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
     gallery_id, image_sha256 = request.gallery_id, request.image_sha256
     box = FaceBox(face.box, face.score)
-    context = state.runtime.context
     with session_scope(state.runtime.sessions) as session:
         gallery = session.get(Gallery, gallery_id)
+        if gallery is None or gallery.key_fingerprint != request.key_set:
+            # deleted, or re-keyed since the gateway sent this: a template under its old key set
+            # would be unreadable (and would outlive that key's destruction)
+            return error_payload(errors.Conflict("the gallery was deleted or re-keyed meanwhile"))
         subject_id = store.get_or_create_subject(session, gallery, request.subject).id
         existing = store.find_template(session, gallery_id, subject_id, version, image_sha256)
         if existing is not None:
@@ -241,7 +246,7 @@ def probe(message: dict) -> list[dict] | dict:
     ``message`` is a :class:`ProbeRequest`. ``as_template`` encrypts in the template layout
     (slot 0) instead: the second photo of a 1:1 comparison. ``model_version`` is the
     gateway's active version, as for enroll; ``projection`` the gallery's compact-template
-    projection, if any.
+    projection, if any; ``key_set`` the searched gallery's key set, as for enroll.
     """
     state = worker()
     model, pipeline = state.active.current()
@@ -249,10 +254,11 @@ def probe(message: dict) -> list[dict] | dict:
         request = ProbeRequest.from_message(message)
         image = _image(request)
         _check_model(model, request.model_version)
+        context = state.runtime.context_for(request.key_set)
         faces = pipeline.analyze(image)
     except errors.VeilfaceError as exc:
         return error_payload(exc)
-    as_template, projection, context = request.as_template, request.projection, state.runtime.context
+    as_template, projection = request.as_template, request.projection
 
     def encrypt(vector: np.ndarray) -> str:
         if as_template:

@@ -53,29 +53,39 @@ log = logging.getLogger("veilface.he-matcher")
 app = lazy_celery()
 
 
+#: A shard's key: gallery id, model version, and the key set of its ciphertexts (``None``: the
+#: deployment's), so a gallery re-keyed since is never searched with the blocks of its old key set.
+ShardKey = tuple[int, str, str | None]
+
+
 @dataclass
 class Matcher:
     """What a matcher process holds: its runtime and the shards of blocks it was assigned."""
 
     runtime: WorkerRuntime
-    shards: dict[tuple[int, str], Shard] = field(default_factory=dict)
+    shards: dict[ShardKey, Shard] = field(default_factory=dict)
 
-    def shard(self, gallery_id: int, model_version: str, dim: int) -> Shard:
-        """The in-memory shard of one gallery and model version (a new one if ``dim`` changed)."""
-        key = (gallery_id, model_version)
+    def shard(self, gallery_id: int, model_version: str, dim: int, key_set: str | None = None) -> Shard:
+        """The in-memory shard of one gallery, model version and key set (a new one if ``dim``
+        changed); the gallery's shards of any other key set are dropped."""
+        key = (gallery_id, model_version, key_set)
         shard = self.shards.get(key)
         if shard is None or shard.dim != dim:
-            shard = self.shards[key] = Shard(self.runtime.context, gallery_id, model_version, dim, blocks=())
+            for stale in [k for k in self.shards if k[:2] == key[:2] and k != key]:
+                del self.shards[stale]
+            context = self.runtime.context_for(key_set)
+            shard = self.shards[key] = Shard(context, gallery_id, model_version, dim, blocks=())
         return shard
 
-    def ciphertext(self, text: object) -> tuple[bytes, int]:
-        """Bytes and template dimension of a base64 ciphertext; refused unless the keys serve it."""
+    def ciphertext(self, text: object, key_set: str | None = None) -> tuple[bytes, int]:
+        """Bytes and template dimension of a base64 ciphertext; refused unless the keys of
+        ``key_set`` serve it."""
         if not isinstance(text, str):
             raise errors.InvalidCiphertext("a ciphertext must be base64 text")
         blob = b64decode(text)
         dim = peek_dim(blob)
         try:
-            self.runtime.context.params.check_dim(dim)
+            self.runtime.context_for(key_set).params.check_dim(dim)
         except ValueError as exc:
             raise errors.InvalidCiphertext(str(exc)) from None
         return blob, dim
@@ -114,8 +124,9 @@ def search(self, message: dict) -> dict:
     try:
         settings = state.runtime.settings
         request = SearchRequest.from_message(message, settings.max_faces_per_request or None)
-        blobs, dims = zip(*map(state.ciphertext, request.probes), strict=True)
-        shard = state.shard(request.gallery_id, request.model_version, dims[0])
+        key_set = request.key_set
+        blobs, dims = zip(*(state.ciphertext(p, key_set) for p in request.probes), strict=True)
+        shard = state.shard(request.gallery_id, request.model_version, dims[0], key_set)
         shard.assign(request.blocks)
         with session_scope(state.runtime.sessions) as session:
             shard.refresh(session)
@@ -126,12 +137,14 @@ def search(self, message: dict) -> dict:
 
 
 @app.task(name=TASK_PAIR, bind=True, **TASK_OPTIONS)
-def pair(self, probe_b64: str, template_b64: str) -> dict:
-    """1:1 score of a probe against one template ciphertext (slot 0), both encrypted."""
+def pair(self, probe_b64: str, template_b64: str, key_set: str | None = None) -> dict:
+    """1:1 score of a probe against one template ciphertext (slot 0), both encrypted under the key
+    set ``key_set`` (``None``: the deployment's)."""
     state = worker()
     try:
-        (probe, _), (template, _) = state.ciphertext(probe_b64), state.ciphertext(template_b64)
-        result = score_pair(state.runtime.context, probe, template)
+        probe, _ = state.ciphertext(probe_b64, key_set)
+        template, _ = state.ciphertext(template_b64, key_set)
+        result = score_pair(state.runtime.context_for(key_set), probe, template)
         return ScoreAnswer(self.request.hostname, (result,)).to_message()
     except errors.VeilfaceError as exc:
         log.warning("pair refused: %s", exc.message)
@@ -179,8 +192,9 @@ REPACK_PER_COMPACTION = 4
 
 
 @app.task(name=TASK_COMPACT, ignore_result=True, **TASK_OPTIONS, **RETRY_TRANSIENT)
-def compact(gallery_id: int, model_version: str) -> dict:
-    """Fold the gallery's delta into its packed blocks, one block at a time.
+def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> dict:
+    """Fold the gallery's delta into its packed blocks, one block at a time, with the public keys of
+    the gallery's key set ``key_set`` (``None``: the deployment's).
 
     Nobody waits for a compaction, so its result is not stored (nor left in the result backend).
 
@@ -189,7 +203,12 @@ def compact(gallery_id: int, model_version: str) -> dict:
     finishes the job. Enrollments are not blocked while a block is folded.
     """
     state = worker()
-    context, sessions = state.runtime.context, state.runtime.sessions
+    sessions = state.runtime.sessions
+    try:
+        context = state.runtime.context_for(key_set)
+    except errors.VeilfaceError as exc:
+        log.warning("compaction refused: %s", exc.message)
+        return error_payload(exc)
     with _compaction_lock(sessions.kw["bind"], gallery_id, model_version) as acquired:
         if not acquired:
             log.info("compaction of gallery %d already running elsewhere; skipped", gallery_id)
@@ -208,7 +227,7 @@ def compact(gallery_id: int, model_version: str) -> dict:
         repacked, _ = repack_gallery(
             context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
         )
-        shard = state.shards.get((gallery_id, model_version))
+        shard = state.shards.get((gallery_id, model_version, key_set))
         if shard is not None:  # reload the rewritten blocks it holds now, not in the next search
             with session_scope(sessions) as session:
                 shard.refresh(session)

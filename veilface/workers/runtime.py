@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task
@@ -25,7 +25,7 @@ from veilface.crypto.public import PublicContext
 from veilface.messaging.messages import error_payload
 from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
 from veilface.store.db import make_engine, require_schema, session_factory, session_scope
-from veilface.store.keysets import check_key_set
+from veilface.store.keysets import PublicContexts, check_key_set
 from veilface.store.models import Worker
 from veilface.store.presence import Heartbeat
 from veilface.store.privileges import GRANTS
@@ -52,6 +52,20 @@ class WorkerRuntime:
     sessions: sessionmaker[Session]
     context: PublicContext
     signer: TaskSigner
+    key_sets: PublicContexts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key_sets = PublicContexts(self.sessions)
+
+    def context_for(self, fingerprint: str | None) -> PublicContext:
+        """The public context of key set ``fingerprint``: the deployment's for ``None`` (or its own
+        fingerprint), else a gallery's, loaded from the store once and kept, fingerprint-checked
+        (:class:`~veilface.store.keysets.PublicContexts`; :class:`KeyMismatch` if none is stored)."""
+        if fingerprint is None or fingerprint == self.context.fingerprint:
+            return self.context
+        if not isinstance(fingerprint, str):
+            raise errors.BadRequest("a key set is named by its fingerprint")
+        return self.key_sets.get(fingerprint)
 
 
 class SignedTask(Task):
