@@ -106,7 +106,7 @@ class KeyModeConflict(Conflict):
 
 
 class ClientKeyGallery(Conflict):
-    """The gallery is encrypted under its client's key: the server cannot read its scores."""
+    """The gallery's key is held by its client: the server cannot read its scores or decide a match."""
 
     code = "client_key_gallery"
 
@@ -159,12 +159,6 @@ class InvalidKeySet(BadRequest):
     code = "invalid_key_set"
 
 
-class ClientKeyGallery(Conflict):
-    """The gallery's key is held by its client: the server cannot read its scores or decide a match."""
-
-    code = "client_key_gallery"
-
-
 class MessageRefused(VeilfaceError):
     """A worker refused a queue message it could not authenticate (forged, altered or expired)."""
 
@@ -193,7 +187,6 @@ _BY_CODE = {
         KeyMismatch,
         InvalidCiphertext,
         InvalidKeySet,
-        ClientKeyGallery,
         MessageRefused,
     )
 }
