@@ -279,6 +279,115 @@ def document() -> dict:
                     "responses": {"200": {"description": "text"}, **_errors(401, 403)},
                 }
             },
+            **client_key_paths(),
+        },
+    }
+
+
+_BASE64_LIST = {"type": "array", "minItems": 1, "items": {"type": "string", "contentEncoding": "base64"}}
+
+
+def _json_body(schema: dict) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def client_key_paths() -> dict:
+    """The routes of client-key galleries (``veilface/api/client_keys.py``): ciphertexts only."""
+    return {
+        "/v1/galleries/{gallery}/client-keys": {
+            "put": {
+                "summary": "Create a client-key gallery from the client's public key set (no secret key)",
+                "parameters": [GALLERY],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+                "responses": {
+                    **_ok(
+                        {
+                            "type": "object",
+                            "required": [
+                                "name",
+                                "keys",
+                                "key_fingerprint",
+                                "model_version",
+                                "dim",
+                                "threshold",
+                            ],
+                        },
+                        "201",
+                    ),
+                    **_errors(400, 401, 403, 409, 413, 429, 503),
+                },
+            }
+        },
+        "/v1/galleries/{gallery}/slots": {
+            "post": {
+                "summary": "Reserve template positions of a client-key gallery",
+                "parameters": [GALLERY],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["count"],
+                        "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 64}},
+                    }
+                ),
+                "responses": {
+                    **_ok({"type": "object", "required": ["model_version", "dim", "slots"]}, "201"),
+                    **_errors(400, 401, 403, 404, 409, 429, 503),
+                },
+            }
+        },
+        "/v1/galleries/{gallery}/subjects/{subject}/templates": {
+            "post": {
+                "summary": "Store template ciphertexts a client encrypted for its reserved positions",
+                "parameters": [GALLERY, SUBJECT],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["templates"],
+                        "properties": {
+                            "templates": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": 64,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["block", "slot", "ciphertext"],
+                                    "properties": {
+                                        "block": {"type": "integer", "minimum": 0},
+                                        "slot": {"type": "integer", "minimum": 0},
+                                        "ciphertext": {"type": "string", "contentEncoding": "base64"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                ),
+                "responses": {
+                    **_ok({"type": "object", "required": ["subject", "templates"]}, "201"),
+                    **_errors(400, 401, 403, 404, 409, 413, 429, 503),
+                },
+            }
+        },
+        "/v1/galleries/{gallery}/search": {
+            "post": {
+                "summary": "Score probe ciphertexts on a client-key gallery; the answer is score ciphertexts",
+                "parameters": [GALLERY],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["probes"],
+                        "properties": {"probes": _BASE64_LIST, "subject": {"type": "string", "minLength": 1}},
+                    }
+                ),
+                "responses": {
+                    **_ok({"type": "object", "required": ["model_version", "threshold", "probes"]}),
+                    **_errors(400, 401, 403, 404, 409, 413, 429, 503),
+                },
+            }
         },
     }
 
