@@ -101,9 +101,10 @@ def delete_gallery(sessions: sessionmaker[Session], keyring: Keyring, name: str)
         gallery = store.get_gallery(session, name)
         key_mode, fingerprint = gallery.key_mode, gallery.key_fingerprint
         store.delete_gallery(session, gallery)
-        if fingerprint is not None:
-            delete_public_key_set(session, fingerprint)
         session.flush()
+        shared = select(Gallery.id).where(Gallery.key_fingerprint == fingerprint).limit(1)
+        if fingerprint is not None and session.scalar(shared) is None:  # a client may use one key set twice
+            delete_public_key_set(session, fingerprint)
         if key_mode == "gallery":
             keyring.destroy(fingerprint)
     return key_mode == "gallery"

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from veilface.api import compreface, console, health, index, openapi, v1
+from veilface.api import client_keys, compreface, console, health, index, openapi, v1
 from veilface.api import errors as error_handlers
 from veilface.api.gateway import Gateway
 from veilface.api.params import install_gateway
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None)
     health.register(app)
     app.register_blueprint(index.blueprint)
     app.register_blueprint(v1.blueprint)
+    app.register_blueprint(client_keys.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(console.blueprint)
     app.register_blueprint(compreface.blueprint)

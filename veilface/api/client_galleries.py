@@ -17,9 +17,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from veilface import errors
+from veilface.api.gallery_info import gallery_info
 from veilface.crypto.codec import Kind
 from veilface.crypto.uploads import check_public_key_set, check_uploaded_ciphertext
 from veilface.messaging.messages import b64decode, b64encode
@@ -30,7 +32,6 @@ from veilface.store.models import Gallery, Template
 
 if TYPE_CHECKING:
     from veilface.api.gateway import Gateway
-    from veilface.models.version import ModelVersion
 
 #: Template positions one request may reserve, and templates one upload may carry.
 MAX_TEMPLATES_PER_REQUEST = 64
@@ -45,53 +46,26 @@ class TemplateUpload:
     ciphertext: bytes
 
 
-def model_description(model: ModelVersion) -> dict[str, Any]:
-    """``model`` as a client needs it to embed faces as the embedder does: its JSON form with each
-    network file named by its file name only (the client finds it in its own models folder)."""
-    body = model.as_dict()
-
-    def file_names(network: dict[str, Any]) -> None:
-        if "file" in network:
-            network["file"] = network["file"].rsplit("/", 1)[-1]
-        for member in network.get("members", ()):
-            file_names(member["network"])
-        if "base" in network:
-            file_names(network["base"])
-
-    file_names(body["network"])
-    return body
-
-
 class ClientGalleries:
     """The operations on client-key galleries, over the gateway's store, registry and matchers."""
 
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
 
-    def describe(self, gallery: Gallery) -> dict[str, Any]:
-        """What a client needs to enroll and search: the key set and the active model."""
-        model = self.gateway.registry.active()
-        return {
-            "name": gallery.name,
-            "keys": gallery.key_mode,
-            "key_fingerprint": gallery.key_fingerprint,
-            "model_version": model.version,
-            "dim": model.dim,
-            "threshold": model.threshold,
-            "model": model_description(model),
-        }
-
     def create(self, name: str, key_set: bytes) -> dict[str, Any]:
         """Create gallery ``name`` on the client's public ``key_set``; 409 if the name is taken."""
         check_public_key_set(key_set, self.gateway.params)
         with self.gateway.session() as session:
-            if session.query(Gallery.id).filter_by(name=name).first() is not None:
+            if session.scalar(select(Gallery.id).where(Gallery.name == name)) is not None:
                 raise errors.Conflict(f"gallery {name!r} exists; a client-key gallery is made new")
             fingerprint = save_public_key_set(session, key_set)
             gallery = Gallery(name=name, key_mode="client", key_fingerprint=fingerprint)
             session.add(gallery)
-            session.flush()
-            return self.describe(gallery)
+            try:
+                session.flush()
+            except IntegrityError:  # created meanwhile by another request
+                raise errors.Conflict(f"gallery {name!r} exists; a client-key gallery is made new") from None
+            return gallery_info(gallery, self.gateway.registry.active())
 
     def _gallery(self, session, name: str) -> Gallery:
         gallery = store.get_gallery(session, name)
@@ -147,12 +121,12 @@ class ClientGalleries:
                 session.flush()
             except IntegrityError:
                 raise errors.Conflict("a position or ciphertext was uploaded already") from None
-            gallery_id = gallery.id
+            gallery_id, fingerprint = gallery.id, gallery.key_fingerprint
             body = {
                 "subject": subject,
                 "templates": [{"id": r.id, "block": r.block_no, "slot": r.slot} for r in rows],
             }
-        self.gateway.maybe_compact(gallery_id, model.version)
+        self.gateway.maybe_compact(gallery_id, model.version, fingerprint)
         return body
 
     def search(self, name: str, probes: list[bytes], subject: str | None) -> dict[str, Any]:

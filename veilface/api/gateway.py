@@ -10,6 +10,7 @@ exists once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,12 +23,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors
+from veilface.api.client_galleries import ClientGalleries
 from veilface.api.health import FORGED_ANSWERS
 from veilface.api.ratelimit import Limits
 from veilface.api.transport import TaskTransport
 from veilface.config import Settings
 from veilface.crypto.codec import peek_dim
 from veilface.crypto.layout import BlockLayout
+from veilface.crypto.params import CkksParams
 from veilface.crypto.secret import GalleryKeyring, SecretContext
 from veilface.messaging.messages import (
     EMBED_QUEUE,
@@ -125,7 +128,11 @@ class Gateway:
         self.keyring = keyring or GalleryKeyring(settings.gallery_keys_path)
         self.registry = ModelRegistry(settings)
         self.limits = Limits.from_settings(settings)
-        self.sentinel_keeper = SentinelKeeper.from_settings(settings, PublicContexts(sessions))
+        #: The public key sets of galleries with keys of their own or of their client's.
+        self.public_contexts = PublicContexts(sessions)
+        self.sentinel_keeper = SentinelKeeper.from_settings(settings, self.public_contexts)
+        #: The operations on client-key galleries (ciphertexts in, ciphertexts out).
+        self.clients = ClientGalleries(self)
         self._foreign_seen: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -136,6 +143,11 @@ class Gateway:
 
     def threshold(self, model_version: str) -> float:
         return self.registry.get(model_version).threshold
+
+    @functools.cached_property
+    def params(self) -> CkksParams:
+        """The deployment's CKKS parameters, which every gallery's key set has too."""
+        return self.sentinel_keeper.context_for(None).params
 
     @property
     def deployment_keys(self) -> GalleryKeys:
@@ -183,7 +195,7 @@ class Gateway:
                 EnrollResult.from_message(self.transport.call(TASK_ENROLL, [message], EMBED_QUEUE))
             )
         self._top_up_sentinels(gallery_id, results[-1].model_version, key_set)
-        self._maybe_compact(gallery_id, results[-1].model_version, key_set)
+        self.maybe_compact(gallery_id, results[-1].model_version, key_set)
         return {
             "subject": subject_name,
             "enrolled": len(results),
@@ -202,7 +214,7 @@ class Gateway:
         except (DBAPIError, OSError, errors.KeyMismatch) as exc:
             log.warning("sentinels of gallery %d not added: %s", gallery_id, type(exc).__name__)
 
-    def _maybe_compact(self, gallery_id: int, model_version: str, key_set: str | None) -> None:
+    def maybe_compact(self, gallery_id: int, model_version: str, key_set: str | None) -> None:
         """Queue a compaction when the delta is full; the templates are stored already, so a
         backend failure here is logged, not returned (the next enrollment asks again)."""
         try:
@@ -270,15 +282,43 @@ class Gateway:
         keys: GalleryKeys,
         sentinels: Sequence[Expected] | None = None,
     ) -> tuple[list[Decrypted], Owners]:
-        """Score ``probes`` (the faces of one image) on every shard, one message per shard, and
-        decrypt the checked answers (a list per probe), with the owners of the live slots read
-        after the answers came; any missing or refused shard fails the search. ``sentinels[i]``
-        are the true scores of the gallery's sentinels for probe ``i`` (:meth:`watched_probes`).
+        """Score ``probes`` (the faces of one image) on every shard and decrypt the checked answers
+        (a list per probe), with the owners of the live slots read after the answers came; any
+        missing or refused shard fails the search. ``sentinels[i]`` are the true scores of the
+        gallery's sentinels for probe ``i`` (:meth:`watched_probes`)."""
+        answers = self._send_search(gallery_id, model_version, probes, keys.key_set)
+        expected = list(sentinels) if sentinels is not None else [{} for _ in probes]
+        return self._checked_search(gallery_id, model_version, keys.secret, expected, answers)
+
+    def unread_search(
+        self, gallery_id: int, model_version: str, probes: list[str], key_set: str
+    ) -> tuple[list[list[ScoreResult]], Owners]:
+        """Score the probes of a client-key gallery (its key set ``key_set``) on every shard: the
+        score ciphertexts of each probe, unread, and the owners of the live slots.
+
+        The gateway holds no key to decrypt them, so the answers get the checks that need none
+        (:meth:`_shaped_answer`); the client checks each score's level and scale before its key
+        touches it (:mod:`veilface.client.scores`).
+        """
+        answers = self._send_search(gallery_id, model_version, probes, key_set)
+        state, owners = self._gallery_state(gallery_id, model_version)
+        found: list[list[ScoreResult]] = [[] for _ in probes]
+        for plan, message in answers:
+            with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
+                answer = self._shaped_answer(plan, message, state)
+                for part, results in zip(answer.probes, found, strict=True):
+                    results.extend(part.scores)
+        return found, owners
+
+    def _send_search(
+        self, gallery_id: int, model_version: str, probes: list[str], key_set: str | None
+    ) -> list[tuple[ShardPlan, Any]]:
+        """Send one search message per shard and wait for every answer, each with its plan.
 
         Each block number (its packed block and its delta) goes to one live matcher by
         rendezvous hashing, so a gallery is spread over all matchers and a new matcher
-        takes over only its share. The gateway keeps that plan and decrypts only answers
-        that fit it (:meth:`_checked_search`).
+        takes over only its share. The gateway keeps that plan and accepts only answers
+        that fit it (:meth:`_shaped_answer`).
         """
         digests = tuple(probe_digest(b64decode(probe)) for probe in probes)
         dim = peek_dim(b64decode(probes[0]))
@@ -286,7 +326,7 @@ class Gateway:
             block_nos = store.searchable_block_numbers(session, gallery_id, model_version)
             matchers = self._own_matchers(live_workers(session, MATCHER, self.settings.worker_ttl_s))
         if not block_nos:
-            return [[] for _ in probes], {}
+            return []
         if not matchers:
             raise errors.Unavailable("no he-matcher worker is online")
         queues = {w.name: w.queue for w in matchers}
@@ -297,12 +337,36 @@ class Gateway:
         for name, blocks in assignment.items():
             if not blocks:
                 continue
-            request = SearchRequest(gallery_id, model_version, probes, blocks, keys.key_set)
+            request = SearchRequest(gallery_id, model_version, probes, blocks, key_set)
             plan = ShardPlan(name, dim, frozenset(blocks), digests)
             pending.append((plan, self.transport.send(TASK_SEARCH, [request.to_message()], queues[name])))
-        answers = [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
-        expected = list(sentinels) if sentinels is not None else [{} for _ in probes]
-        return self._checked_search(gallery_id, model_version, keys.secret, expected, answers)
+        return [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
+
+    def _gallery_state(self, gallery_id: int, model_version: str) -> tuple[checks.GalleryState, Owners]:
+        """The slot counter, block versions and live templates of the gallery, read after the
+        answers came (so every template a matcher could have seen counts as allocated), and the
+        owners of the live slots."""
+        with self.session() as session:
+            refs = block_refs(session, gallery_id, model_version)
+            owners = store.slot_owners(session, gallery_id, model_version)
+            state = checks.GalleryState.of(
+                store.slots_allocated(session, gallery_id, model_version),
+                {block_no: ref.version for block_no, ref in refs.items()},
+                owners,
+            )
+        return state, owners
+
+    def _shaped_answer(self, plan: ShardPlan, message: Any, state: checks.GalleryState) -> SearchAnswer:
+        """The answer of ``plan.worker`` once it passed the checks that need no key: signed by the
+        matcher asked, one part per probe sent, each covering exactly the planned blocks with
+        allocated slots (:func:`veilface.search.checks.check_shard_answer`)."""
+        answer = SearchAnswer.from_message(message)
+        if answer.worker != plan.worker:
+            raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
+        checks.check_probe_parts(plan, [part.probe_sha256 for part in answer.probes])
+        for part in answer.probes:
+            checks.check_shard_answer(plan, part.scores, state, self.params.block_capacity)
+        return answer
 
     def _checked_search(
         self,
@@ -315,31 +379,20 @@ class Gateway:
         """Decrypt the matchers' answers to one search of ``len(sentinels)`` probes (a list per
         probe), refusing all of them if one part of one answer fails a check.
 
-        The slot counter, the block versions and the live templates are read after the answers
-        came, so every template a matcher could have seen counts as allocated. ``sentinels``
-        were listed before the search was sent: each one still there must have scored its
-        true score (:func:`veilface.search.sentinels.check_sentinels`).
+        Every answer is shaped as planned (:meth:`_shaped_answer`); once decrypted, every lane
+        that can hold no score is near zero, and each sentinel listed before the search was sent
+        and still there scored its true score (:func:`veilface.search.sentinels.check_sentinels`).
         """
+        state, owners = self._gallery_state(gallery_id, model_version)
         with self.session() as session:
-            refs = block_refs(session, gallery_id, model_version)
-            owners = store.slot_owners(session, gallery_id, model_version)
             live = live_positions(session, gallery_id, model_version)
-            state = checks.GalleryState.of(
-                store.slots_allocated(session, gallery_id, model_version),
-                {block_no: ref.version for block_no, ref in refs.items()},
-                owners,
-            )
-        capacity = 2 * secret.slots
+        capacity = self.params.block_capacity
         decrypted: list[Decrypted] = [[] for _ in sentinels]
         for plan, message in answers:
             with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
-                answer = SearchAnswer.from_message(message)
-                if answer.worker != plan.worker:
-                    raise checks.ForgedAnswer(f"answer signed {answer.worker[:64]!r} from its queue")
-                checks.check_probe_parts(plan, [part.probe_sha256 for part in answer.probes])
+                answer = self._shaped_answer(plan, message, state)
                 layout = BlockLayout(secret.slots, plan.dim)
                 for part, found, expected in zip(answer.probes, decrypted, sentinels, strict=True):
-                    checks.check_shard_answer(plan, part.scores, state, capacity)
                     shard, tolerances = [], {}
                     for result in part.scores:
                         allowed, tolerance = checks.expected_lanes(result, state, capacity)

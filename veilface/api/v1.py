@@ -10,6 +10,7 @@ from veilface import errors
 from veilface.admin import gallery_keys
 from veilface.api.auth import audit, limit_subject_verification, require_key
 from veilface.api.disclosure import Disclosure
+from veilface.api.gallery_info import gallery_info, keys_json
 from veilface.api.gateway import IdentifiedFace
 from veilface.api.params import (
     MAX_TOP_K,
@@ -23,7 +24,6 @@ from veilface.api.params import (
     uploaded_images,
 )
 from veilface.store import galleries as store
-from veilface.store.models import Gallery
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -120,32 +120,18 @@ def configure_gallery(gallery: str):
         gallery_keys.ensure_gallery(gw.sessions, gw.keyring, gallery, key_mode)
     with gw.session() as session:
         row = store.configure_gallery(session, gallery, projection)
-        result = {"gallery": row.name, "projection": row.projection, **_keys_json(row)}
+        result = {"gallery": row.name, "projection": row.projection, **keys_json(row)}
     audit("configure_gallery", gallery)
     return jsonify(result)
-
-
-def _keys_json(row: Gallery) -> dict:
-    """How a gallery's keys show in the API: ``keys`` ("deployment", "own" or "client") and the
-    fingerprint of its own key set (``null`` for the deployment's)."""
-    return {"keys": gallery_keys.SHOWN_KEYS[row.key_mode], "key_fingerprint": row.key_fingerprint}
 
 
 @blueprint.get("/galleries/<gallery>")
 @require_key("read")
 def get_gallery(gallery: str):
-    """One gallery: its options, its keys, and the active model's version and threshold."""
+    """One gallery: its options, its keys, and the active model (:func:`gallery_info`)."""
     gw = current_gateway()
-    model = gw.registry.active()
     with gw.session() as session:
-        row = store.get_gallery(session, gallery)
-        body = {
-            "name": row.name,
-            "projection": row.projection,
-            **_keys_json(row),
-            "created_at": row.created_at.isoformat(),
-        }
-    body.update(model_version=model.version, threshold=model.threshold)
+        body = gallery_info(store.get_gallery(session, gallery), gw.registry.active())
     return jsonify(body)
 
 
