@@ -1,4 +1,5 @@
-"""The README's layout table matches the tree: every Python module is named in its folder's row."""
+"""The README's layout table matches the tree (every Python module is named in its folder's row),
+and every test the README and docs/ cite as evidence exists."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def test_every_python_module_is_named_in_the_layout_table():
 def test_every_row_of_the_layout_table_exists():
     stale = [path for path in _layout_rows() if not (ROOT / path).exists()]
     assert not stale, f"README's layout table names paths that do not exist: {stale}"
+
+
+#: ``tests/test_x.py`` or ``tests/test_x.py::test_name``, as the README and docs/ cite tests.
+CITED_TEST = re.compile(r"tests/(?P<file>[a-z0-9_]+\.py)(?:::(?P<name>[A-Za-z0-9_]+))?")
+
+
+def test_every_test_the_docs_cite_exists():
+    missing = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for cited in CITED_TEST.finditer(doc.read_text(encoding="utf-8")):
+            path = ROOT / "tests" / cited["file"]
+            source = path.read_text(encoding="utf-8") if path.is_file() else None
+            named = cited["name"] is None or re.search(rf"\bdef {cited['name']}\b", source or "")
+            if source is None or not named:
+                missing.add(f"{doc.relative_to(ROOT)}: {cited[0]}")
+    assert sorted(missing) == []
