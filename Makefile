@@ -14,7 +14,7 @@ CONFIG ?= services/trainer/configs/cfp_finetune.toml
 MYSQL_HINT := make: the MySQL driver (mysqlclient) could not be built; install the MariaDB client library first: apt-get install libmariadb-dev pkg-config (Debian/Ubuntu)
 USES_MYSQL := $(findstring mysql,$(VEILFACE_DATABASE_URL))
 
-.PHONY: venv install install-mysql install-train demo run test test-fast screenshots lint bench-he bench-embedder bench-identify eval train compose-config clean
+.PHONY: venv install install-mysql install-train demo run test test-fast screenshots lint bench-he bench-embedder bench-identify bench-client eval train compose-config clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -74,6 +74,9 @@ bench-embedder: install
 
 bench-identify: install
 	$(PY) -m veilface.bench.identify --gallery 1000 --out results/identify-latency.json
+
+bench-client: install
+	$(PY) -m veilface.bench.client --gallery 1000 --queries 50 --out results/bench-client.json
 
 eval: install
 	$(PY) -m veilface.eval.run --out results/eval.json

@@ -25,7 +25,9 @@ import platform
 import secrets
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,40 @@ from veilface.store.models import Template
 
 def _photos(lfw: Path) -> list[list[Path]]:
     return [sorted(p.glob("*.jpg")) for p in sorted(lfw.iterdir()) if p.is_dir()]
+
+
+def lfw_split(settings: Settings, gallery: int, queries: int) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """The LFW photos to enroll (``gallery`` of them, one subject each) and the ``queries`` pairs
+    (enrolled photo, held-back photo of the same person); ``queries`` 0: every identity with two
+    photos or more. The gallery starts with the enrolled photo of every query."""
+    people = _photos(settings.data_dir / "lfw" / "images")
+    pairs = [(p[0], p[1]) for p in people if len(p) >= 2][: queries or None]
+    enrolled = {q[0] for q in pairs}
+    others = [photo for p in people for photo in p if photo not in enrolled and len(p) == 1]
+    return [q[0] for q in pairs] + others[: gallery - len(pairs)], pairs
+
+
+@contextmanager
+def bench_stack(settings: Settings, bind: str, embedders: int, matchers: int) -> Iterator[tuple[Stack, str]]:
+    """The stack started and ready (on the backends ``settings`` name), with a fresh admin API key;
+    stopped on exit."""
+    key = secrets.token_urlsafe(24)
+    stack = Stack(bind=bind, embedders=embedders, matchers=matchers, log_dir=settings.var_dir / "logs")
+    stack.env["VEILFACE_BOOTSTRAP_API_KEY"] = key
+    stack.start()
+    try:
+        stack.wait_ready()
+        yield stack, key
+    finally:
+        stack.stop()
+
+
+def backends(settings: Settings) -> dict[str, str]:
+    """The database and broker the stack ran on, by scheme (``sqlite`` for the embedded defaults)."""
+    return {
+        "database": "sqlite" if not settings.database_url else settings.database_url.split(":")[0],
+        "broker": "sqlite" if not settings.broker_url else settings.broker_url.split(":")[0],
+    }
 
 
 def plaintext_top1(settings: Settings, gallery: list[Path], probes: list[Path]) -> list[str | None]:
@@ -104,21 +140,10 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_settings()
-    people = _photos(settings.data_dir / "lfw" / "images")
-    queries = [(p[0], p[1]) for p in people if len(p) >= 2][: args.queries or None]
-    query_names = {q[0] for q in queries}
-    others = [photo for p in people for photo in p if photo not in query_names and len(p) == 1]
-    gallery = [q[0] for q in queries] + others[: args.gallery - len(queries)]
+    gallery, queries = lfw_split(settings, args.gallery, args.queries)
 
-    key = secrets.token_urlsafe(24)
-    headers = {"X-API-Key": key}
-    stack = Stack(
-        bind=args.bind, embedders=args.embedders, matchers=args.matchers, log_dir=settings.var_dir / "logs"
-    )
-    stack.env["VEILFACE_BOOTSTRAP_API_KEY"] = key
-    stack.start()
-    try:
-        stack.wait_ready()
+    with bench_stack(settings, args.bind, args.embedders, args.matchers) as (stack, key):
+        headers = {"X-API-Key": key}
 
         def enroll(photo: Path) -> tuple[int, float]:
             start = time.perf_counter()
@@ -153,8 +178,6 @@ def main() -> None:
             r, seconds = _timed_post(url, headers, probe)
             verify_latencies.append(seconds)
             verified += r.ok and r.json().get("match") is True
-    finally:
-        stack.stop()
     plaintext = {}
     if args.plaintext:
         expected = plaintext_top1(settings, enrolled, [probe for _, probe in queries])
@@ -180,8 +203,7 @@ def main() -> None:
         "verify_p50_s": round(statistics.median(verify_latencies), 3),
         "verify_p95_s": round(percentile(verify_latencies, 0.95), 3),
         "verify_mean_s": round(statistics.fmean(verify_latencies), 3),
-        "database": "sqlite" if not settings.database_url else settings.database_url.split(":")[0],
-        "broker": "sqlite" if not settings.broker_url else settings.broker_url.split(":")[0],
+        **backends(settings),
         "embedders": args.embedders,
         "matchers": args.matchers,
         "machine": {
