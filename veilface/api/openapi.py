@@ -116,7 +116,7 @@ def document() -> dict:
                             },
                             "201",
                         ),
-                        **_errors(*IMAGE_ERRORS),
+                        **_errors(*IMAGE_ERRORS, 409),
                     },
                 }
             },
@@ -150,7 +150,7 @@ def document() -> dict:
                                 },
                             }
                         ),
-                        **_errors(*IMAGE_ERRORS, 404),
+                        **_errors(*IMAGE_ERRORS, 404, 409),
                     },
                 }
             },
@@ -159,7 +159,7 @@ def document() -> dict:
                     "summary": "Verify a photo against an enrolled subject",
                     "parameters": [GALLERY, SUBJECT],
                     "requestBody": _multipart("image"),
-                    "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS, 404)},
+                    "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS, 404, 409)},
                 }
             },
             "/v1/verify": {
