@@ -432,3 +432,10 @@ def test_the_compreface_api_says_why_it_cannot(api: Api, client: KeySet, gallery
         assert WHY in body["message"], path
     status, body, _ = api("GET", "/api/v1/recognition/subjects", key=bound)
     assert (status, body) == (200, {"subjects": ["heidi"]})  # names are the server's to list
+
+
+@pytest.mark.parametrize("path", ["slots", "subjects/s/templates", "search"])
+def test_a_gallery_name_no_gallery_can_have_is_400_before_the_database(api: Api, path: str):
+    """MariaDB refuses to compare a name longer than its column (it was a 503 ``unavailable``)."""
+    status, body, _ = api("POST", f"/v1/galleries/{'g' * 129}/{path}", json={})
+    assert (status, body["error"]["code"]) == (400, "bad_request") and "gallery" in body["error"]["message"]

@@ -116,7 +116,8 @@ def document() -> dict:
                             },
                             "201",
                         ),
-                        **_errors(*IMAGE_ERRORS, 409),
+                        # 404: a subject name with a control character matches no route
+                        **_errors(*IMAGE_ERRORS, 404, 409),
                     },
                 }
             },
