@@ -1,81 +1,26 @@
-"""API v1 in-process: the real gateway app over SQLite and a real key set, no worker.
-
-``create_app(settings, gateway)`` runs on a real :class:`~veilface.api.gateway.Gateway`
-whose :class:`~veilface.api.transport.TaskTransport` answers from a script instead of a
-Celery worker; everything else (authentication, limits, parsing, the store, error bodies,
-the OpenAPI document) is the production code. Fast: no process is started.
+"""API v1 in-process: the real gateway app over SQLite and a real key set, no worker
+(``tests/inprocess.py``): authentication, limits, parsing, the store, error bodies and the
+OpenAPI document are the production code. Fast: no process is started.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from flask import Flask
 from sqlalchemy.exc import OperationalError
 
+from tests.inprocess import ADMIN_KEY, Api, build_api, code
 from veilface import errors
-from veilface.api import create_app
-from veilface.api.gateway import Gateway
 from veilface.api.openapi import document
-from veilface.api.transport import TaskTransport
-from veilface.config import Settings, load_settings
-from veilface.crypto.sealing import PayloadSealer
-from veilface.crypto.secret import SecretContext
-from veilface.messaging.app import make_celery
+from veilface.config import load_settings
 from veilface.messaging.messages import TASK_ENROLL, TASK_PROBE
-from veilface.messaging.signing import TaskSigner
 from veilface.store import galleries as store
-from veilface.store.apikeys import create_api_key
-from veilface.store.db import create_schema, make_engine, session_factory
 from veilface.store.models import Template
 
-ADMIN_KEY = "api-v1-admin-" + "a" * 24
 PHOTO = b"\xff\xd8 not really a JPEG: the scripted embedder never opens it"
 FACE = {"box": [10.0, 20.0, 80.0, 90.0], "score": 0.99}
-
-
-class ScriptedTransport(TaskTransport):
-    """Signs and seals for real; ``call`` answers each task from ``answers`` (an exception is raised)."""
-
-    def __init__(self, settings: Settings):
-        super().__init__(
-            make_celery(settings),
-            TaskSigner.from_file(settings.task_key_path, settings.message_ttl_s),
-            PayloadSealer.from_file(settings.queue_key_path),
-            settings.task_timeout_s,
-        )
-        self.answers: dict[str, Any] = {}
-        self.sent: list[tuple[str, list, str]] = []
-
-    def call(self, task: str, args: list, queue: str) -> Any:
-        self.sent.append((task, args, queue))
-        answer = self.answers[task]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-class Api:
-    """The app, its scripted transport and a client that returns ``(status, JSON body, headers)``."""
-
-    def __init__(self, app: Flask, transport: ScriptedTransport):
-        self.app, self.transport, self.client = app, transport, app.test_client()
-
-    def key(self, scope: str, **kwargs) -> str:
-        with self.app.extensions["veilface"].session() as session:
-            return create_api_key(session, f"api-v1-{scope}-{len(kwargs)}", scope, **kwargs)
-
-    def __call__(self, method: str, path: str, key: str | None = ADMIN_KEY, files=None, **kwargs):
-        headers = {"X-API-Key": key} if key else {}
-        if files:
-            kwargs["data"] = {field: (io.BytesIO(body), "x.jpg") for field, body in files.items()}
-        response = self.client.open(path, method=method, headers=headers, **kwargs)
-        assert "Traceback" not in response.get_data(as_text=True)
-        return response.status_code, response.get_json(), response.headers
 
 
 @pytest.fixture
@@ -85,13 +30,7 @@ def make_api(tmp_path: Path, key_dir: Path) -> Callable[..., Api]:
     def make(**overrides) -> Api:
         environ = {"VEILFACE_VAR_DIR": str(tmp_path), "VEILFACE_KEY_DIR": str(key_dir)}
         environ["VEILFACE_SHARED_DIR"] = str(load_settings().shared_dir)
-        settings = load_settings(environ, bootstrap_api_key=ADMIN_KEY, **overrides)
-        engine = make_engine(settings)
-        create_schema(engine)
-        transport = ScriptedTransport(settings)
-        keys = SecretContext.load(settings.secret_context_path)
-        gateway = Gateway(settings, session_factory(engine), keys, transport)
-        return Api(create_app(settings, gateway), transport)
+        return build_api(load_settings(environ, bootstrap_api_key=ADMIN_KEY, **overrides))
 
     return make
 
@@ -99,11 +38,6 @@ def make_api(tmp_path: Path, key_dir: Path) -> Callable[..., Api]:
 @pytest.fixture
 def api(make_api) -> Api:
     return make_api()
-
-
-def code(result: tuple) -> tuple[int, str]:
-    status, body, _ = result
-    return status, body["error"]["code"]
 
 
 # -- authentication ---------------------------------------------------------------------------
@@ -203,7 +137,7 @@ def test_enrollment_goes_sealed_to_the_embedder(api: Api):
 
 
 def test_a_gallery_that_holds_templates_keeps_its_projection(api: Api):
-    with api.app.extensions["veilface"].session() as session:
+    with api.gateway.session() as session:
         gallery = store.configure_gallery(session, "g", "pca128")
         subject = store.get_or_create_subject(session, gallery, "alice")
         session.add(

@@ -105,6 +105,9 @@ ADMIN_OPERATIONS = {
     "PUT /v1/galleries/{gallery}",
     "DELETE /v1/galleries/{gallery}",
     "DELETE /v1/galleries/{gallery}/subjects/{subject}",
+    "PUT /v1/galleries/{gallery}/client-keys",
+    "POST /v1/galleries/{gallery}/slots",
+    "POST /v1/galleries/{gallery}/subjects/{subject}/templates",
 }
 
 

@@ -75,6 +75,14 @@ def test_veilface_errors_become_compreface_errors():
     assert (many.status, many.code) == (400, 31)
     assert translate(errors.Unavailable()).status == 503
     assert translate(errors.VeilfaceError()).code == 0
+    # A refinement of a translated error is translated as its parent, with its own message.
+    client_key = translate(errors.ClientKeyGallery("the server cannot decide a match"))
+    assert (client_key.status, client_key.code, client_key.message) == (
+        400,
+        36,
+        "the server cannot decide a match",
+    )
+    assert (translate(errors.KeyModeConflict()).status, translate(errors.InvalidKeySet()).code) == (400, 26)
 
 
 # -- store additions on SQLite ----------------------------------------------------------------

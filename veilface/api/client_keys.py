@@ -35,6 +35,7 @@ def create_client_gallery(gallery: str):
 @require_key("admin")
 def reserve_slots(gallery: str):
     """Reserve ``{"count": n}`` template positions for the client to encrypt templates for."""
+    checked_gallery(gallery)
     body = json_object() or {}
     count = body.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_TEMPLATES_PER_REQUEST:
@@ -46,6 +47,7 @@ def reserve_slots(gallery: str):
 @require_key("admin")
 def add_templates(gallery: str, subject: str):
     """Store ``{"templates": [{"block", "slot", "ciphertext"}]}`` for ``subject``."""
+    checked_gallery(gallery)
     checked_subject(subject)
     body = json_object() or {}
     items = body.get("templates")
@@ -77,6 +79,7 @@ def _is_int(value: object) -> bool:
 @require_key("read")
 def search(gallery: str):
     """Score ``{"probes": [base64, ...], "subject": optional}``; the answer holds score ciphertexts."""
+    checked_gallery(gallery)
     body = json_object() or {}
     gw = current_gateway()
     limit = gw.settings.max_faces_per_request or MAX_TEMPLATES_PER_REQUEST

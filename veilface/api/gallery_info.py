@@ -40,12 +40,13 @@ def model_description(model: ModelVersion) -> dict[str, Any]:
 
 def gallery_info(row: Gallery, model: ModelVersion) -> dict[str, Any]:
     """The gallery ``row`` with the active ``model``: version, template dimension, threshold and
-    the description a client embeds with."""
+    the description a client embeds with. ``created_at`` is to the second, as MariaDB stores it:
+    the answer to the creation and later reads agree."""
     return {
         "name": row.name,
         "projection": row.projection,
         **keys_json(row),
-        "created_at": row.created_at.isoformat(),
+        "created_at": row.created_at.isoformat(timespec="seconds"),
         "model_version": model.version,
         "dim": model.dim,
         "threshold": model.threshold,

@@ -116,7 +116,8 @@ def document() -> dict:
                             },
                             "201",
                         ),
-                        **_errors(*IMAGE_ERRORS),
+                        # 404: a subject name with a control character matches no route
+                        **_errors(*IMAGE_ERRORS, 404, 409),
                     },
                 }
             },
@@ -150,7 +151,7 @@ def document() -> dict:
                                 },
                             }
                         ),
-                        **_errors(*IMAGE_ERRORS, 404),
+                        **_errors(*IMAGE_ERRORS, 404, 409),
                     },
                 }
             },
@@ -159,7 +160,7 @@ def document() -> dict:
                     "summary": "Verify a photo against an enrolled subject",
                     "parameters": [GALLERY, SUBJECT],
                     "requestBody": _multipart("image"),
-                    "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS, 404)},
+                    "responses": {**_ok(_VERDICT), **_errors(*IMAGE_ERRORS, 404, 409)},
                 }
             },
             "/v1/verify": {

@@ -67,6 +67,7 @@ _TRANSLATIONS: dict[str, tuple[int, Code, str | None]] = {
     "not_found": (404, Code.UNDEFINED, None),
     "unknown_subject": (404, Code.SUBJECT_NOT_FOUND, None),
     "unknown_gallery": (404, Code.MODEL_NOT_FOUND, None),
+    # and its refinements: client_key_gallery (the server cannot decide a match), key_mode_conflict
     "conflict": (400, Code.INCORRECT_ARGUMENT, None),
     "rate_limited": (429, Code.UNDEFINED, None),
     "unavailable": (503, Code.FACES_SERVICE_EXCEPTION, None),
@@ -77,10 +78,19 @@ _INTERNAL = CompreFaceError(500, Code.UNDEFINED, "Something went wrong, please t
 
 
 def translate(exc: errors.VeilfaceError) -> CompreFaceError:
-    """The CompreFace form of a Veilface error."""
-    if exc.code not in _TRANSLATIONS:
+    """The CompreFace form of a Veilface error: that of its code, or else of the nearest class it
+    refines (``key_mode_conflict`` is a ``conflict``); an error of no known kind is CompreFace's 500."""
+    translation = next(
+        (
+            _TRANSLATIONS[cls.code]
+            for cls in type(exc).__mro__
+            if issubclass(cls, errors.VeilfaceError) and cls.code in _TRANSLATIONS
+        ),
+        None,
+    )
+    if translation is None:
         return _INTERNAL
-    status, code, message = _TRANSLATIONS[exc.code]
+    status, code, message = translation
     if exc.code == "poor_quality":
         message = f"No usable face is found in the given image: {exc.message}"
     return CompreFaceError(status, code, message or exc.message, retry_after(exc))

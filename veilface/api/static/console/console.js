@@ -136,6 +136,9 @@
     forbidden: "This API key is read-only: enrolling and deleting need an admin key.",
     unknown_gallery: "There is no gallery with this name.",
     unknown_subject: "There is no such subject in this gallery.",
+    client_key_gallery:
+      "This gallery is encrypted under its client's key: the server cannot read its scores, so it cannot " +
+      "decide a match. Enroll and identify through the Veilface client (veilface client …).",
     rate_limited: "Too many requests for this API key: wait a moment and retry.",
     unavailable: "The service is unavailable right now (a worker or a backend is down): retry later.",
     network: "The gateway could not be reached.",
