@@ -23,11 +23,13 @@ from sqlalchemy import func, select
 
 from tests.inprocess import ADMIN_KEY, Api, build_api, code
 from tests.support import MYSQL, MYSQL_DATABASE
+from veilface import errors
 from veilface.api.compreface.ids import image_id_for
 from veilface.config import load_settings
 from veilface.crypto.params import DEFAULT_PARAMS, CkksParams
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import generate_keyset
+from veilface.store import galleries as store
 from veilface.store.keysets import PART_BYTES
 from veilface.store.models import Gallery, PublicKeySetPart, Subject, Template
 
@@ -414,6 +416,13 @@ def test_photo_enroll_identify_and_verify_of_api_v1_say_why_they_cannot(
     assert counts(api, gallery)[1:3] == (1, 1)
     script = api.client.get("/console/static/console.js").get_data(as_text=True)
     assert "client_key_gallery:" in script  # the console says it in plain words too
+
+
+def test_a_client_key_gallery_takes_no_projection(api: Api, gallery: str):
+    """Its client encrypts the templates: the embedder, which projects, never sees them."""
+    with pytest.raises(errors.ClientKeyGallery), api.gateway.session() as session:
+        store.configure_gallery(session, gallery, "pca128")
+    assert api("GET", f"/v1/galleries/{gallery}")[1]["projection"] is None
 
 
 def test_the_compreface_api_says_why_it_cannot(api: Api, client: KeySet, gallery: str):

@@ -44,9 +44,12 @@ def get_or_create_gallery(session: Session, name: str) -> Gallery:
 
 
 def configure_gallery(session: Session, name: str, projection: str | None) -> Gallery:
-    """Create a gallery, or change the projection of one that holds no template yet."""
+    """Create a gallery, or change the projection of one that holds no template yet (never of a
+    client-key gallery: it stores the templates its client encrypts, as they come)."""
     gallery = get_or_create_gallery(session, name)
     if gallery.projection != projection:
+        if gallery.key_mode == "client":
+            raise errors.ClientKeyGallery(f"gallery {name!r} holds its client's templates: no projection")
         if session.scalar(select(func.count(Template.id)).where(Template.gallery_id == gallery.id)):
             raise errors.Conflict(f"gallery {name!r} holds templates; its projection cannot change")
         gallery.projection = projection
