@@ -39,7 +39,14 @@ import requests
 from tqdm import tqdm
 
 from veilface.bench.he import machine_info
-from veilface.bench.identify import backends, bench_stack, lfw_split, wait_for_compaction
+from veilface.bench.identify import (
+    backends,
+    bench_stack,
+    gallery_split,
+    person_of,
+    subject_of,
+    wait_for_compaction,
+)
 from veilface.bench.stats import percentile
 from veilface.client.api import GalleryApi
 from veilface.client.gallery import Image, PrivateGallery
@@ -165,11 +172,11 @@ def summary(values: list[float], digits: int = 3) -> dict[str, float]:
 
 
 def enroll_all(gallery: PrivateGallery, photos: list[Path], workers: int) -> dict[str, str]:
-    """Enroll each photo's main face as the subject named by its stem; the failures by photo."""
+    """Enroll each photo's main face as its own subject (:func:`subject_of`); the failures by photo."""
 
     def enroll(photo: Path) -> str | None:
         try:
-            gallery.enroll(photo.stem, [Image(photo.read_bytes(), str(photo))], main_face=True)
+            gallery.enroll(subject_of(photo), [Image(photo.read_bytes(), str(photo))], main_face=True)
         except VeilfaceError as exc:
             return exc.code
         return None
@@ -184,7 +191,10 @@ def report(queries: list[Query], expected: list[str]) -> dict[str, Any]:
     searched = [q.answer_sizes for q in queries if q.answer_sizes]
     return {
         "queries": len(queries),
-        "top1_correct": sum(q.top1 == name for q, name in zip(queries, expected, strict=True)),
+        "top1_correct": sum(
+            q.top1 is not None and person_of(q.top1) == person_of(name)
+            for q, name in zip(queries, expected, strict=True)
+        ),
         "identify_s": summary([q.total_s for q in queries]),
         "identify_parts_s": {part: summary([q.parts_s[part] for q in queries], 4) for part in PARTS},
         "local_s": summary([q.total_s - q.parts_s["round_trip"] for q in queries]),
@@ -218,7 +228,7 @@ def main() -> None:
 
     settings = load_settings()
     load_at_start = round(os.getloadavg()[0], 2)
-    photos, pairs = lfw_split(settings, args.gallery, args.queries)
+    photos, pairs = gallery_split(settings, args.gallery, args.queries)
     with (
         tempfile.TemporaryDirectory() as keys_dir,
         bench_stack(settings, args.bind, args.embedders, args.matchers) as (stack, key),
