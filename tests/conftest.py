@@ -49,11 +49,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """A failing stack test also shows the tails of the running services' logs and the MariaDB
+    """A failing stack or faults test also shows the tails of the running services' logs and the MariaDB
     statements that have run for more than 5 s: what a hang on CI needs to be understood."""
     outcome = yield
     report = outcome.get_result()
-    if not report.failed or item.get_closest_marker("stack") is None:
+    if not report.failed or not any(item.get_closest_marker(m) for m in ("stack", "faults")):
         return
     for path, tail in log_tails():
         report.sections.append((f"log {path}", tail))

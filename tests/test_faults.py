@@ -35,6 +35,7 @@ from tests.support import (
     SERVICE_PASSWORD,
     Logs,
     gateway_sender,
+    logs_shown_on_failure,
     needs_markers,
     new_key_set,
     stack_env,
@@ -301,9 +302,10 @@ def faults(tmp_path_factory, key_dir: Path, lfw_people) -> Iterator[Faults]:
     f.compaction_people = lfw_people[100:104]
     stack.start()
     try:
-        stack.wait_ready()
-        _enroll_people_on_both_matchers(f)
-        yield f
+        with logs_shown_on_failure(folder / "logs"):
+            stack.wait_ready()
+            _enroll_people_on_both_matchers(f)
+            yield f
     finally:
         stack.stop()
         proxy.close()
