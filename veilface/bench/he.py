@@ -6,6 +6,10 @@
 Builds a gallery of synthetic unit templates clustered by identity, packs it into blocks
 with the batch packer, stores it through the repository, loads it into a shard as the
 matcher does, adds a delta, searches, compacts, and writes the measured figures as JSON.
+
+``--matchers N`` (N > 1) instead streams the gallery into the database block by block, loads it into
+N matcher processes (:mod:`veilface.bench.matcher_pool`) and times each query until the last one
+answers (see ``docs/encrypted-search.md``, "Several matcher processes").
 """
 
 from __future__ import annotations
@@ -18,22 +22,27 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker
 from tqdm import tqdm
 
 from veilface.bench.latency_model import search_seconds
-from veilface.config import load_settings
+from veilface.bench.matcher_pool import MatcherPool, ShardSpec, resident_kib, summary
+from veilface.config import Settings, load_settings
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import SecretContext, generate_keyset
-from veilface.search import ranking
+from veilface.search import ranking, routing
 from veilface.search.compaction import compact_block
 from veilface.search.packer import import_block
+from veilface.search.results import ScoreResult
 from veilface.search.shard import Shard
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
 from veilface.store.models import Gallery, Subject, Template
@@ -42,14 +51,26 @@ GIB = 1024**3
 TOP_K = 5
 
 
+def identity_centres(n: int, dim: int, rng: np.random.Generator, per_identity: int = 8) -> np.ndarray:
+    """Unit centres of the ``n / per_identity`` identities of an ``n``-template gallery."""
+    centres = rng.standard_normal((max(1, n // per_identity), dim))
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def noisy_templates(centres: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit templates ``indices``, each near the centre of identity ``index % len(centres)``."""
+    dim = centres.shape[1]
+    templates = centres[indices % len(centres)] + rng.standard_normal((len(indices), dim)) * (
+        0.6 / math.sqrt(dim)
+    )
+    return templates / np.linalg.norm(templates, axis=1, keepdims=True)
+
+
 def synthetic_gallery(n: int, dim: int, rng: np.random.Generator, per_identity: int = 8):
     """``n`` unit templates around ``n / per_identity`` identity centres, and the identity of each."""
-    identities = max(1, n // per_identity)
-    centres = rng.standard_normal((identities, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    owner = np.arange(n) % identities
-    templates = centres[owner] + rng.standard_normal((n, dim)) * (0.6 / math.sqrt(dim))
-    return templates / np.linalg.norm(templates, axis=1, keepdims=True), centres, owner
+    centres = identity_centres(n, dim, rng, per_identity)
+    indices = np.arange(n)
+    return noisy_templates(centres, indices, rng), centres, indices % len(centres)
 
 
 def ensure_database(url: str) -> None:
@@ -61,14 +82,6 @@ def ensure_database(url: str) -> None:
     with server.begin() as conn:
         conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{parsed.database}`"))
     server.dispose()
-
-
-def resident_kib() -> float:
-    """Resident set size of this process in KiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def machine_info() -> dict:
@@ -135,8 +148,44 @@ def time_naive(templates: np.ndarray, probe: np.ndarray) -> float:
     return (time.perf_counter() - start) / len(encrypted)
 
 
-def run(args: argparse.Namespace) -> dict:
-    rng = np.random.default_rng(args.seed)
+@dataclass(frozen=True)
+class Bench:
+    """A fresh key set and bench gallery in the database of ``settings``."""
+
+    settings: Settings
+    engine: Engine
+    factory: sessionmaker
+    keys: Path
+    ctx: PublicContext
+    secret: SecretContext
+    gallery_id: int
+    model_version: str
+    subject_ids: dict[str, int]
+
+    @property
+    def capacity(self) -> int:
+        """Templates per packed block."""
+        return self.ctx.params.block_capacity
+
+    def template_rows(self, indices: np.ndarray, identities: int, state: str, ciphertexts=None) -> list[dict]:
+        """Rows of templates ``indices`` (template ``n`` belongs to identity ``n % identities``)."""
+        return [
+            {
+                "gallery_id": self.gallery_id,
+                "subject_id": int(self.subject_ids[f"id{n % identities}"]),
+                "model_version": self.model_version,
+                "image_sha256": f"{n:064x}",
+                "block_no": n // self.capacity,
+                "slot": n % self.capacity,
+                "state": state,
+                "ciphertext": None if ciphertexts is None else ciphertexts[k],
+            }
+            for k, n in enumerate(int(i) for i in indices)
+        ]
+
+
+def open_bench(args: argparse.Namespace, identities: int) -> Bench:
+    """Keys, database schema and an empty gallery of ``identities`` subjects for a run."""
     workdir = Path(tempfile.mkdtemp(prefix="veilface-bench-"))
     settings = load_settings(var_dir=workdir, database_url=args.database_url or "")
     ensure_database(settings.sqlalchemy_url)
@@ -148,64 +197,96 @@ def run(args: argparse.Namespace) -> dict:
     ctx = PublicContext.load(workdir / "keys" / "public.ctx")
     secret = SecretContext.load(workdir / "keys" / "secret.ctx")
     secret.check_fingerprint(ctx.fingerprint)
-    layout = ctx.layout(args.dim)
-    capacity = layout.capacity
-    model_version = f"bench-{args.dim}"
-
-    total = args.gallery + args.delta
-    templates, centres, owner = synthetic_gallery(total, args.dim, rng)
     with session_scope(factory) as session:
         gallery = Gallery(name=f"bench-{os.getpid()}-{time.time_ns()}")
         session.add(gallery)
         session.flush()
         gallery_id = gallery.id
         session.execute(
-            insert(Subject), [{"gallery_id": gallery_id, "name": f"id{i}"} for i in range(len(centres))]
+            insert(Subject), [{"gallery_id": gallery_id, "name": f"id{i}"} for i in range(identities)]
         )
         subject_ids = dict(
             session.execute(
                 text("SELECT name, id FROM subjects WHERE gallery_id = :g"), {"g": gallery_id}
             ).all()
         )
+    return Bench(
+        settings, engine, factory, workdir / "keys", ctx, secret, gallery_id, f"bench-{args.dim}", subject_ids
+    )
 
-    def template_rows(indices, state, ciphertexts=None):
-        return [
-            {
-                "gallery_id": gallery_id,
-                "subject_id": int(subject_ids[f"id{owner[n]}"]),
-                "model_version": model_version,
-                "image_sha256": f"{n:064x}",
-                "block_no": n // capacity,
-                "slot": n % capacity,
-                "state": state,
-                "ciphertext": None if ciphertexts is None else ciphertexts[k],
-            }
-            for k, n in enumerate(int(i) for i in indices)
-        ]
 
-    # Bulk import with the batch packer, one block per transaction.
+def import_gallery(
+    bench: Bench, blocks: Iterable[tuple[np.ndarray, np.ndarray]], count: int, identities: int
+) -> tuple[float, list[float]]:
+    """Bulk import with the batch packer, one block per transaction, streaming: each
+    ``(indices, templates)`` of ``blocks`` is packed, written and dropped before the next.
+
+    Returns the seconds taken and the stored bytes per template of each block.
+    """
+    capacity = bench.capacity
     block_bytes = []
     start = time.perf_counter()
-    for first in tqdm(range(0, args.gallery, capacity), desc="pack+store blocks", unit="block"):
-        indices = np.arange(first, min(first + capacity, args.gallery))
-        with session_scope(factory) as session:
+    for indices, templates in tqdm(
+        blocks, desc="pack+store blocks", unit="block", total=math.ceil(count / capacity)
+    ):
+        with session_scope(bench.factory) as session:
             block = import_block(
-                ctx,
+                bench.ctx,
                 session,
-                gallery_id,
-                model_version,
-                first // capacity,
-                templates[indices],
+                bench.gallery_id,
+                bench.model_version,
+                int(indices[0]) // capacity,
+                templates,
                 indices % capacity,
-                blocks=math.ceil(args.gallery / capacity),
+                blocks=math.ceil(count / capacity),
             )
-            session.execute(insert(Template), template_rows(indices, "packed"))
+            session.execute(insert(Template), bench.template_rows(indices, identities, "packed"))
             stored = session.scalar(
                 text("SELECT SUM(LENGTH(ciphertext)) FROM block_ciphertexts WHERE block_id = :b"),
                 {"b": block.block_id},
             )
-        block_bytes.append(stored / len(indices))
-    import_s = time.perf_counter() - start
+        block_bytes.append(int(stored) / len(indices))
+    return time.perf_counter() - start, block_bytes
+
+
+def block_indices(count: int, capacity: int) -> Iterator[np.ndarray]:
+    """The template indices of each block of a ``count``-template import, in order."""
+    for first in range(0, count, capacity):
+        yield np.arange(first, min(first + capacity, count))
+
+
+def live_templates(count: int, capacity: int) -> dict[tuple[int, int], int]:
+    """``(block_no, slot) -> template`` for templates ``0 .. count - 1`` in import order."""
+    return {(n // capacity, n % capacity): n for n in range(count)}
+
+
+def check_scores(
+    bench: Bench, results: Sequence[ScoreResult], plain: np.ndarray, live: Mapping[tuple[int, int], int]
+) -> tuple[float, bool]:
+    """Decrypt one query's ``results`` as the gateway does: the largest score error against the
+    plaintext scores ``plain`` (by template), and whether the top-k equals the plaintext one."""
+    ctx = bench.ctx
+    decrypted = [(r, bench.secret.decrypt_scores(r.ciphertext, r.source)) for r in results]
+    errors = []
+    for result, vector in decrypted:
+        slots = np.asarray(result.slots)
+        got = ctx.layout(result.dim).slot_scores(vector, slots)
+        errors.append(float(np.max(np.abs(got - plain[result.block_no * bench.capacity + slots]))))
+    encrypted_top = [t for t, _ in ranking.top_k(decrypted, live, TOP_K, ctx.slots)]
+    return max(errors), encrypted_top == list(np.argsort(-plain, kind="stable")[:TOP_K])
+
+
+def run(args: argparse.Namespace) -> dict:
+    """One process: import, load, search, delta and compaction (``--matchers 1``)."""
+    rng = np.random.default_rng(args.seed)
+    total = args.gallery + args.delta
+    templates, centres, _ = synthetic_gallery(total, args.dim, rng)
+    bench = open_bench(args, len(centres))
+    ctx, engine, factory = bench.ctx, bench.engine, bench.factory
+    gallery_id, model_version, capacity = bench.gallery_id, bench.model_version, bench.capacity
+
+    blocks = ((indices, templates[indices]) for indices in block_indices(args.gallery, capacity))
+    import_s, block_bytes = import_gallery(bench, blocks, args.gallery, len(centres))
 
     # Delta: templates enrolled one by one by the embedder.
     delta_indices = np.arange(args.gallery, total)
@@ -213,7 +294,9 @@ def run(args: argparse.Namespace) -> dict:
     delta_blobs = [encrypt_template(ctx, templates[n], int(n % capacity)) for n in delta_indices]
     encrypt_template_s = (time.perf_counter() - start) / max(1, len(delta_indices))
     with session_scope(factory) as session:
-        session.execute(insert(Template), template_rows(delta_indices, "delta", delta_blobs))
+        session.execute(
+            insert(Template), bench.template_rows(delta_indices, len(centres), "delta", delta_blobs)
+        )
 
     rss_before = resident_kib()
     shard = Shard(ctx, gallery_id, model_version, args.dim)
@@ -224,10 +307,8 @@ def run(args: argparse.Namespace) -> dict:
     baby_steps = [shard.blocks[n].ref.baby_steps for n in sorted(shard.blocks)]
     rss_per_template = (resident_kib() - rss_before) * 1024 / max(1, args.gallery)
 
-    live = {(int(n // capacity), int(n % capacity)): int(n) for n in range(total)}
-    queries = centres[rng.integers(0, len(centres), args.queries)]
-    queries = queries + rng.standard_normal(queries.shape) * (0.6 / math.sqrt(args.dim))
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    live = live_templates(total, capacity)
+    queries = noisy_templates(centres, rng.integers(0, len(centres), args.queries), rng)
 
     def evaluate(searcher, label):
         fixed, per_block, per_delta, errors, agree = [], [], [], [], 0
@@ -249,14 +330,9 @@ def run(args: argparse.Namespace) -> dict:
             if delta_results:
                 per_delta.append((time.perf_counter() - start) / sum(len(r.slots) for r in delta_results))
             results += delta_results
-            decrypted = [(r, secret.decrypt_scores(r.ciphertext, r.source)) for r in results]
-            plain = templates @ query
-            for result, vector in decrypted:
-                slots = np.asarray(result.slots)
-                got = ctx.layout(result.dim).slot_scores(vector, slots)
-                errors.append(float(np.max(np.abs(got - plain[result.block_no * capacity + slots]))))
-            encrypted_top = [t for t, _ in ranking.top_k(decrypted, live, TOP_K, ctx.slots)]
-            agree += encrypted_top == list(np.argsort(-plain, kind="stable")[:TOP_K])
+            error, same_top = check_scores(bench, results, templates @ query, live)
+            errors.append(error)
+            agree += same_top
         return fixed, per_block, per_delta, max(errors), agree / len(queries)
 
     fixed, per_block, per_delta, max_error, agreement = evaluate(shard, "search")
@@ -323,6 +399,111 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def run_matchers(args: argparse.Namespace) -> dict:
+    """``--matchers N`` (N > 1): stream the gallery into the database with the bulk importer, load
+    it into N matcher processes (blocks assigned as the gateway assigns them) and time each query
+    from sending its probe to all of them until the last answers. No delta, no compaction."""
+    rng = np.random.default_rng(args.seed)
+    centres = identity_centres(args.gallery, args.dim, rng)
+    queries = noisy_templates(centres, rng.integers(0, len(centres), args.queries), rng)
+    bench = open_bench(args, len(centres))
+    capacity = bench.capacity
+
+    # Plaintext scores of every query, filled block by block as the import streams.
+    plain = np.empty((args.queries, args.gallery))
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for indices in block_indices(args.gallery, capacity):
+            templates = noisy_templates(centres, indices, rng)
+            plain[:, indices] = queries @ templates.T
+            yield indices, templates
+
+    import_s, block_bytes = import_gallery(bench, blocks(), args.gallery, len(centres))
+    size = database_bytes(bench.engine)
+
+    workers = [f"matcher-{i}" for i in range(args.matchers)]
+    assignment = routing.assign(
+        workers,
+        range(math.ceil(args.gallery / capacity)),
+        key=lambda b: f"{bench.gallery_id}:{bench.model_version}:{b}",
+    )
+    specs = [
+        ShardSpec(
+            bench.keys / "public.ctx",
+            bench.settings.sqlalchemy_url,
+            bench.gallery_id,
+            bench.model_version,
+            args.dim,
+            tuple(assignment[w]),
+        )
+        for w in workers
+    ]
+    live = live_templates(args.gallery, capacity)
+    walls, per_process, errors, agree = [], [], [], 0
+    with MatcherPool(specs) as pool:
+        for k, query in enumerate(tqdm(queries, desc=f"search, {args.matchers} matchers", unit="query")):
+            results, wall, seconds = pool.search(encrypt_probe(bench.ctx, query))
+            walls.append(wall)
+            per_process.append(seconds)
+            error, same_top = check_scores(bench, results, plain[k], live)
+            errors.append(error)
+            agree += same_top
+    loaded = pool.loaded
+    held = sum(m.templates for m in loaded)
+    return {
+        "gallery": args.gallery,
+        "dim": args.dim,
+        "queries": args.queries,
+        "database": bench.engine.dialect.name,
+        "block_capacity": capacity,
+        "blocks": math.ceil(args.gallery / capacity),
+        "matchers": args.matchers,
+        "query_wall_p50_s": statistics.median(walls),
+        "query_wall_mean_s": statistics.fmean(walls),
+        "query_wall_max_s": max(walls),
+        "query_wall_s": walls,
+        "templates_per_s": args.gallery / statistics.median(walls),
+        "max_abs_error": max(errors),
+        "topk_agreement": agree / len(queries),
+        "import_s": import_s,
+        "import_ms_per_template": import_s / args.gallery * 1e3,
+        "bytes_per_template": statistics.mean(block_bytes[:-1] or block_bytes),
+        "database_bytes": size,
+        "database_bytes_per_template": size / args.gallery if size else None,
+        "shard_load_s": pool.load_s,
+        "resident_bytes_per_template": sum(m.resident_bytes for m in loaded) / held,
+        "rss_bytes_per_template": sum(m.rss_after_bytes - m.rss_before_bytes for m in loaded) / held,
+        "matcher_processes": [
+            {
+                "blocks": len(spec.blocks),
+                "templates": m.templates,
+                "load_s": m.load_s,
+                "search_s": summary([seconds[i] for seconds in per_process]),
+                "rss_after_load_gib": m.rss_after_bytes / GIB,
+                "rss_bytes_per_template": m.rss_bytes_per_template,
+            }
+            for i, (spec, m) in enumerate(zip(specs, loaded, strict=True))
+        ],
+        "machine": machine_info(),
+    }
+
+
+def database_bytes(engine: Engine) -> int | None:
+    """Data and index bytes of the bench's MySQL/MariaDB database (every gallery in it), from
+    ``information_schema`` after refreshing the statistics; ``None`` on other databases."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return None
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE TABLE block_ciphertexts, blocks, templates")).all()
+        total = conn.scalar(
+            text(
+                "SELECT SUM(data_length + index_length) FROM information_schema.tables"
+                " WHERE table_schema = DATABASE()"
+            )
+        )
+    return int(total)
+
+
 def results_sample_bytes(shard: Shard, ctx: PublicContext, query: np.ndarray) -> bytes:
     """One block's score ciphertext, to report what travels back to the gateway."""
     prepared = shard.prepare(encrypt_probe(ctx, query))
@@ -341,8 +522,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--naive-sample", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--matchers",
+        type=int,
+        default=1,
+        help="over 1: search the bulk-imported gallery with this many matcher processes at once"
+        " (no delta or compaction; a database shared by processes: MariaDB via --database-url)",
+    )
     args = parser.parse_args(argv)
-    report = run(args)
+    if args.matchers < 1:
+        parser.error("--matchers must be at least 1")
+    report = run(args) if args.matchers == 1 else run_matchers(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
