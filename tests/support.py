@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
@@ -47,6 +47,32 @@ UNTHROTTLED = (
     "VEILFACE_SUBJECT_VERIFY_PER_MINUTE",
     "VEILFACE_AUTH_FAILURES_PER_MINUTE",
 )
+
+
+@contextmanager
+def database_from_before(backend: str, folder: Path, suffix: str, table: str, columns: Iterable[str]):
+    """An engine on a database of today's schema less ``columns`` of ``table``, as one made before
+    they were added, holding one gallery ``'old'``: on MariaDB (``backend == "mariadb"``, dropped
+    after) or in a SQLite file in ``folder``."""
+    from sqlalchemy import create_engine
+
+    from veilface.store.db import create_schema
+
+    name = f"{MYSQL_DATABASE}_{suffix}"
+    url = MYSQL.create_database(name) if backend == "mariadb" else f"sqlite:///{folder / 'old.db'}"
+    engine = create_engine(url)
+    create_schema(engine)
+    with engine.begin() as conn:
+        for column in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.exec_driver_sql("INSERT INTO galleries (name, created_at) VALUES ('old', '2026-01-01 00:00:00')")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if backend == "mariadb":
+            MYSQL.drop_database(name)
+
 
 # -- keys, the stack's environment and its processes --------------------------------------------
 

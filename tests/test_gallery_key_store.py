@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, func, select, update
 
-from tests.support import MYSQL, MYSQL_DATABASE
+from tests.support import MYSQL, MYSQL_DATABASE, database_from_before
 from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_template
 from veilface.crypto.secret import GalleryKeyring
 from veilface.errors import InvalidCiphertext, KeyMismatch
@@ -140,19 +140,9 @@ def test_a_score_of_one_key_set_is_refused_by_another_ones_secret_key(keyring, o
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 def test_galleries_of_a_database_from_before_gallery_keys_gain_the_key_columns(backend, tmp_path):
     """A gallery made before per-gallery keys is under the deployment's key set after the migration."""
-    name = f"{MYSQL_DATABASE}_gkcols"
-    url = MYSQL.create_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url)
-    create_schema(engine)
-    with engine.begin() as conn:
-        for column in GALLERY_KEY_COLUMNS:
-            conn.exec_driver_sql(f"ALTER TABLE galleries DROP COLUMN {column}")
-        conn.exec_driver_sql("INSERT INTO galleries (name, created_at) VALUES ('old', '2026-01-01 00:00:00')")
-    create_schema(engine)
-    create_schema(engine)
-    with session_scope(session_factory(engine)) as session:
-        gallery = session.scalar(select(Gallery))
-        assert (gallery.key_mode, gallery.key_fingerprint) == ("deployment", None)
-    engine.dispose()
-    if backend == "mariadb":
-        MYSQL.drop_database(name)
+    with database_from_before(backend, tmp_path, "gkcols", "galleries", GALLERY_KEY_COLUMNS) as engine:
+        create_schema(engine)
+        create_schema(engine)
+        with session_scope(session_factory(engine)) as session:
+            gallery = session.scalar(select(Gallery))
+            assert (gallery.key_mode, gallery.key_fingerprint) == ("deployment", None)

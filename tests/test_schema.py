@@ -8,7 +8,7 @@ import multiprocessing
 import pytest
 from sqlalchemy import create_engine, inspect, select
 
-from tests.support import MYSQL, MYSQL_DATABASE
+from tests.support import MYSQL, MYSQL_DATABASE, database_from_before
 from veilface.store.apikeys import hash_key, sync_bootstrap_key
 from veilface.store.db import BLOCK_LAYOUT_COLUMNS, create_schema, session_factory, session_scope, upsert_once
 from veilface.store.galleries import get_or_create_gallery, get_or_create_subject
@@ -132,22 +132,13 @@ def test_processes_creating_the_sqlite_schema_together_all_succeed(tmp_path):
 def test_blocks_of_a_database_from_before_layouts_gain_the_layout_columns(backend, tmp_path):
     """A database created before block layouts were versioned gets the columns at start-up;
     its blocks read as single-step (layout 1), and a second start-up changes nothing."""
-    name = f"{MYSQL_DATABASE}_layout"
-    url = MYSQL.create_database(name) if backend == "mariadb" else f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url)
-    create_schema(engine)
-    with engine.begin() as conn:
-        for column in BLOCK_LAYOUT_COLUMNS:
-            conn.exec_driver_sql(f"ALTER TABLE blocks DROP COLUMN {column}")
-        conn.exec_driver_sql("INSERT INTO galleries (name, created_at) VALUES ('old', '2026-01-01 00:00:00')")
-        conn.exec_driver_sql(
-            "INSERT INTO blocks (gallery_id, model_version, block_no, dim, version, filled, updated_at)"
-            " SELECT id, 'm', 0, 128, 1, 5, '2026-01-01 00:00:00' FROM galleries"
-        )
-    create_schema(engine)
-    create_schema(engine)
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT layout_version, baby_steps FROM blocks").all() == [(1, None)]
-    engine.dispose()
-    if backend == "mariadb":
-        MYSQL.drop_database(name)
+    with database_from_before(backend, tmp_path, "layout", "blocks", BLOCK_LAYOUT_COLUMNS) as engine:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO blocks (gallery_id, model_version, block_no, dim, version, filled, updated_at)"
+                " SELECT id, 'm', 0, 128, 1, 5, '2026-01-01 00:00:00' FROM galleries"
+            )
+        create_schema(engine)
+        create_schema(engine)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT layout_version, baby_steps FROM blocks").all() == [(1, None)]
