@@ -13,7 +13,7 @@ from veilface import errors
 from veilface.api.auth import audit, require_key
 from veilface.api.client_galleries import MAX_TEMPLATES_PER_REQUEST, TemplateUpload, decoded_ciphertexts
 from veilface.api.params import checked_gallery, checked_subject, current_gateway, json_object
-from veilface.messaging.messages import b64decode
+from veilface.messaging.messages import b64decode, is_int
 
 blueprint = Blueprint("client_keys", __name__, url_prefix="/v1")
 
@@ -38,7 +38,7 @@ def reserve_slots(gallery: str):
     checked_gallery(gallery)
     body = json_object() or {}
     count = body.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_TEMPLATES_PER_REQUEST:
+    if not is_int(count) or not 1 <= count <= MAX_TEMPLATES_PER_REQUEST:
         raise errors.BadRequest(f'send JSON {{"count": n}} with n in [1, {MAX_TEMPLATES_PER_REQUEST}]')
     return jsonify(current_gateway().clients.reserve(gallery, count)), 201
 
@@ -64,15 +64,11 @@ def add_templates(gallery: str, subject: str):
 
 
 def _upload(item: object) -> TemplateUpload:
-    if not isinstance(item, dict) or not all(_is_int(item.get(k)) for k in ("block", "slot")):
+    if not isinstance(item, dict) or not all(is_int(item.get(k)) for k in ("block", "slot")):
         raise errors.BadRequest('each template is {"block": int, "slot": int, "ciphertext": base64}')
     if not isinstance(item.get("ciphertext"), str):
         raise errors.BadRequest("a template's ciphertext must be base64 text")
     return TemplateUpload(item["block"], item["slot"], b64decode(item["ciphertext"]))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @blueprint.post("/galleries/<gallery>/search")

@@ -183,7 +183,8 @@ def probe_digest(probe: bytes) -> str:
     return hashlib.sha256(probe).hexdigest()
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """Whether a value parsed from JSON is an integer (``True`` and ``False`` are not)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -208,12 +209,12 @@ class SearchRequest:
         between 1 and ``max_probes`` probes (``None``: no upper bound)."""
         request = _request_from_message(cls, msg)
         well_typed = (
-            _is_int(request.gallery_id)
+            is_int(request.gallery_id)
             and isinstance(request.model_version, str)
             and isinstance(request.probes, list)
             and all(isinstance(p, str) for p in request.probes)
             and isinstance(request.blocks, list)
-            and all(_is_int(b) for b in request.blocks)
+            and all(is_int(b) for b in request.blocks)
             and isinstance(request.key_set, str | None)
         )
         if not well_typed:

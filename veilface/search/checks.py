@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veilface.crypto.layout import BlockLayout
+from veilface.messaging.messages import is_int
 from veilface.search.results import ScoreResult
 
 #: Largest |value| accepted at a lane that holds no score, and accepted excess of |score| over 1,
@@ -165,14 +166,10 @@ def check_pair_answer(results: list[ScoreResult], dim: int) -> None:
         raise ForgedAnswer("a pair score that is not slot 0 of a delta of the probe's dimension")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_types(result: ScoreResult) -> None:
     """Numbers where numbers belong: the rest of the message is the matcher's to fill."""
     numbers = (result.block_no, result.block_version, result.dim, *result.slots)
-    if not all(_is_int(n) for n in numbers) or not isinstance(result.source, str):
+    if not all(is_int(n) for n in numbers) or not isinstance(result.source, str):
         raise ForgedAnswer("a score result of malformed types")
 
 
