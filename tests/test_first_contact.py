@@ -76,12 +76,13 @@ def _assert_stopped_cleanly(proc: subprocess.Popen, var_dir: Path, port: int) ->
 @pytest.mark.stack
 def test_sigterm_during_start_up_stops_every_child(tmp_path: Path, key_dir: Path):
     proc, var_dir, port = _start_stack(tmp_path, key_dir)
-    logs = var_dir / "logs"
-    deadline = time.monotonic() + 60
-    while not (logs / "matcher1.log").exists() and time.monotonic() < deadline:
+    # The stack opens a child's log just before it forks the child, so count the children
+    # themselves: gateway, embedder and matcher.
+    deadline, children = time.monotonic() + 60, []
+    while len(children) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    children = [pid for pid in _processes_with(var_dir) if pid != proc.pid]
-    assert len(children) >= 3, "the stack should have started its processes by now"
+        children = [pid for pid in _processes_with(var_dir) if pid != proc.pid]
+    assert len(children) >= 3, f"the stack should have started its processes by now: {children}"
     proc.send_signal(signal.SIGTERM)
     output = _assert_stopped_cleanly(proc, var_dir, port)
     assert "SIGTERM: stopping the stack" in output
