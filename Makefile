@@ -44,7 +44,7 @@ keys: install
 demo: install
 	$(PY) -m veilface.local.demo $(if $(DATA),--data $(DATA),)
 
-## run: the stack as separate processes (gateway on :8080, one embedder, one he-matcher)
+## run: the stack as separate processes (gateway on :8080, one embedder, two he-matchers)
 run: install $(if $(USES_MYSQL),install-mysql)
 	$(PY) -m veilface.local.stack
 

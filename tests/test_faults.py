@@ -36,6 +36,7 @@ from tests.support import (
     Logs,
     gateway_sender,
     logs_shown_on_failure,
+    mosaic,
     needs_markers,
     new_key_set,
     stack_env,
@@ -390,6 +391,26 @@ def test_matcher_killed_mid_search_gives_503_never_a_partial_answer(faults: Faul
         identify_until_correct(faults, GALLERY, subject, query)
     faults.restart(victim)
     faults.stack.wait_ready()
+
+
+def test_the_faces_of_a_small_gallery_are_scored_on_both_matchers(faults: Faults):
+    """A gallery one matcher holds whole (one block): the faces of one photo are dealt over both
+    matchers (``routing.spread_probes``), each face still matched to its person."""
+    gallery, people = "spread", [faults.take_person() for _ in range(3)]
+    for person in people:
+        r = enroll(faults, gallery, person[0].parent.name, person[0])
+        assert r.status_code == 201, r.text
+    faults.logs.mark()
+    r = requests.post(
+        f"{faults.url}/v1/galleries/{gallery}/identify",
+        headers=faults.headers,
+        files=[("image", mosaic([person[1] for person in people]))],
+        timeout=MAX_REQUEST_S + 30,
+    )
+    assert r.status_code == 200, r.text
+    assert sorted(face["match"] for face in r.json()["faces"]) == sorted(p[0].parent.name for p in people)
+    for name in ("matcher1", "matcher2"):
+        assert "veilface.match.search[" in faults.logs.since_mark(name), f"{name} scored no face"
 
 
 # -- backends going away under a stream of requests ---------------------------------------

@@ -306,8 +306,8 @@ class Gateway:
         for plan, message in answers:
             with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
                 answer = self._shaped_answer(plan, message, state)
-                for part, results in zip(answer.probes, found, strict=True):
-                    results.extend(part.scores)
+                for part, index in zip(answer.probes, plan.probe_indices, strict=True):
+                    found[index].extend(part.scores)
         return found, owners
 
     def _send_search(
@@ -317,8 +317,9 @@ class Gateway:
 
         Each block number (its packed block and its delta) goes to one live matcher by
         rendezvous hashing, so a gallery is spread over all matchers and a new matcher
-        takes over only its share. The gateway keeps that plan and accepts only answers
-        that fit it (:meth:`_shaped_answer`).
+        takes over only its share; the probes of a gallery that one matcher holds whole are
+        dealt over it and the idle matchers (:func:`veilface.search.routing.spread_probes`).
+        The gateway keeps that plan and accepts only answers that fit it (:meth:`_shaped_answer`).
         """
         digests = tuple(probe_digest(b64decode(probe)) for probe in probes)
         dim = peek_dim(b64decode(probes[0]))
@@ -334,11 +335,10 @@ class Gateway:
             list(queues), block_nos, key=lambda b: f"{gallery_id}:{model_version}:{b}"
         )
         pending = []
-        for name, blocks in assignment.items():
-            if not blocks:
-                continue
-            request = SearchRequest(gallery_id, model_version, probes, blocks, key_set)
-            plan = ShardPlan(name, dim, frozenset(blocks), digests)
+        for name, blocks, indices in routing.spread_probes(assignment, len(probes), f"{gallery_id}"):
+            sent = [probes[i] for i in indices]
+            request = SearchRequest(gallery_id, model_version, sent, blocks, key_set)
+            plan = ShardPlan(name, dim, frozenset(blocks), tuple(digests[i] for i in indices), indices)
             pending.append((plan, self.transport.send(TASK_SEARCH, [request.to_message()], queues[name])))
         return [(plan, self.transport.wait(result, TASK_SEARCH)) for plan, result in pending]
 
@@ -392,7 +392,8 @@ class Gateway:
             with self._refusing_forgery(TASK_SEARCH, plan.worker, gallery_id):
                 answer = self._shaped_answer(plan, message, state)
                 layout = BlockLayout(secret.slots, plan.dim)
-                for part, found, expected in zip(answer.probes, decrypted, sentinels, strict=True):
+                for part, index in zip(answer.probes, plan.probe_indices, strict=True):
+                    found, expected = decrypted[index], sentinels[index]
                     shard, tolerances = [], {}
                     for result in part.scores:
                         allowed, tolerance = checks.expected_lanes(result, state, capacity)

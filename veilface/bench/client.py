@@ -53,6 +53,7 @@ from veilface.client.gallery import Image, PrivateGallery
 from veilface.client.keys import ClientKeys, init_keys
 from veilface.config import load_settings
 from veilface.errors import VeilfaceError
+from veilface.local.stack import DEFAULT_MATCHERS
 
 GALLERY = "bench-client"
 #: The parts of one identify, in the order the client goes through them.
@@ -221,7 +222,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50, help="0: every identity with two photos")
     parser.add_argument("--workers", type=int, default=2, help="client threads enrolling")
     parser.add_argument("--embedders", type=int, default=1, help="the stack's (idle: the client embeds)")
-    parser.add_argument("--matchers", type=int, default=1)
+    parser.add_argument("--matchers", type=int, default=DEFAULT_MATCHERS)
     parser.add_argument("--bind", default="127.0.0.1:8091")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from veilface.bench.stats import percentile
 from veilface.config import Settings, load_settings
 from veilface.face.pipeline import FacePipeline
-from veilface.local.stack import Stack
+from veilface.local.stack import DEFAULT_MATCHERS, Stack
 from veilface.models.registry import ModelRegistry
 from veilface.store.db import make_engine
 from veilface.store.models import Template
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=50, help="0: every identity with two photos")
     parser.add_argument("--embedders", type=int, default=2)
-    parser.add_argument("--matchers", type=int, default=1)
+    parser.add_argument("--matchers", type=int, default=DEFAULT_MATCHERS)
     parser.add_argument("--bind", default="127.0.0.1:8090")
     parser.add_argument("--plaintext", action="store_true", help="compare top-1 with the plaintext pipeline")
     parser.add_argument("--out", type=Path, required=True)

@@ -68,6 +68,12 @@ def service_env(env: dict[str, str], service: str) -> dict[str, str]:
     return env
 
 
+#: He-matchers a stack starts unless told otherwise: the second one scores in parallel on the
+#: second core of a small machine, both the blocks of a gallery past one block and the faces of
+#: a photo searched in a smaller gallery (:func:`veilface.search.routing.spread_probes`).
+DEFAULT_MATCHERS = 2
+
+
 @dataclass
 class Stack:
     """The gateway, ``embedders`` embedder workers and ``matchers`` he-matcher workers."""
@@ -75,7 +81,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     bind: str = "127.0.0.1:8080"
     embedders: int = 1
-    matchers: int = 1
+    matchers: int = DEFAULT_MATCHERS
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -202,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bind", default=os.environ.get("VEILFACE_BIND", "127.0.0.1:8080"))
     parser.add_argument("--embedders", type=int, default=1)
-    parser.add_argument("--matchers", type=int, default=1)
+    parser.add_argument("--matchers", type=int, default=DEFAULT_MATCHERS)
     parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds before a child is killed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -67,12 +67,14 @@ class ForgedAnswer(Exception):
 @dataclass(frozen=True)
 class ShardPlan:
     """What the gateway asked one matcher for: ``blocks`` of templates of dimension ``dim``,
-    scored for each probe of ``probes`` (their digests, in the order sent)."""
+    scored for each probe of ``probes`` (their digests, in the order sent), which are the
+    probes at ``probe_indices`` of the search (:func:`veilface.search.routing.spread_probes`)."""
 
     worker: str
     dim: int
     blocks: frozenset[int]
     probes: tuple[str, ...] = ()
+    probe_indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,3 +29,24 @@ def assign(workers: Sequence[str], items: Iterable[T], key: Callable[[T], str] =
     for item in items:
         plan[owner(workers, key(item))].append(item)
     return plan
+
+
+def spread_probes(
+    assignment: dict[str, list[T]], probes: int, key: str
+) -> list[tuple[str, list[T], tuple[int, ...]]]:
+    """``(worker, items, probe indices)`` to send: who scores which probes of one request.
+
+    Each worker with items in ``assignment`` scores every probe on them, unless one worker
+    owns every item and others own none (a gallery smaller than the matchers): its probes
+    are then dealt in turn over it and the idle workers, in their rendezvous order for
+    ``key`` (the gallery: always the same helpers), each helper scoring its probes on all
+    the items. The faces of one photo are then scored in parallel, at the price of a copy
+    of that gallery in the helpers' memory; a single probe stays with the owner.
+    """
+    busy = {w: items for w, items in assignment.items() if items}
+    idle = sorted((w for w in assignment if w not in busy), key=lambda w: _weight(w, key), reverse=True)
+    if len(busy) != 1 or not idle or probes < 2:
+        return [(w, items, tuple(range(probes))) for w, items in busy.items()]
+    (items,) = busy.values()
+    lanes = [*busy, *idle][:probes]
+    return [(w, items, tuple(range(n, probes, len(lanes)))) for n, w in enumerate(lanes)]
