@@ -42,7 +42,7 @@ from veilface.messaging.messages import (
     b64encode,
 )
 from veilface.messaging.signing import SIGNATURE_HEADER, TaskSigner
-from veilface.search import ranking
+from veilface.search import ranking, repository
 from veilface.search.pair import score_pair
 from veilface.store import galleries as store
 from veilface.store.db import create_schema, make_engine, session_factory, session_scope
@@ -274,3 +274,27 @@ def test_the_compaction_lock_is_per_database(workers: Workers):
         here.dispose()
         there.dispose()
         MYSQL.drop_database(other)
+
+
+def test_templates_enrolled_during_a_compaction_are_folded_by_it(workers: Workers, lfw_people, monkeypatch):
+    """The compactions that enrollments ask for during a fold find the lock taken and return, so
+    the running one folds again while the delta is past the threshold (here 1)."""
+    runtime = matcher.worker().runtime
+    monkeypatch.setattr(runtime, "settings", replace(runtime.settings, compaction_threshold=1))
+    (first, *_), (second, *_) = lfw_people[2], lfw_people[3]
+    version = workers.enroll(first.parent.name, first).model_version
+    fold, late = matcher.compact_block, []
+
+    def fold_while_one_more_is_enrolled(*args):
+        folded = fold(*args)
+        if not late:
+            late.append(workers.enroll(second.parent.name, second))
+            with matcher._compaction_lock(runtime.sessions.kw["bind"], workers.gallery_id, args[3]) as free:
+                assert not free, "the compaction that enrollment asks for returns at once"
+        return folded
+
+    monkeypatch.setattr(matcher, "compact_block", fold_while_one_more_is_enrolled)
+    result = workers.call(matcher.compact, workers.gallery_id, version)
+    assert late and result["folded"] >= 2, result
+    with session_scope(runtime.sessions) as session:
+        assert repository.delta_index(session, workers.gallery_id, version) == []

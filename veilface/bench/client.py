@@ -246,7 +246,7 @@ def main() -> None:
         started = time.perf_counter()
         failures = enroll_all(gallery, photos, args.workers)
         enroll_total_s = time.perf_counter() - started
-        wait_for_compaction(settings)
+        delta_templates = wait_for_compaction(settings)
 
         gallery.faces = Stopwatch(gallery.faces, "faces")
         gallery.keys = ClientKeys(keys.folder, Stopwatch(keys.public, "encrypt", "dumps"), keys.secret)
@@ -262,6 +262,7 @@ def main() -> None:
         "key_set_upload_bytes": upload.up_bytes,
         "key_set_upload_s": round(upload.seconds, 3),
         "first_identify_s": round(first.total_s, 3),
+        "delta_templates": delta_templates,
         **report(queries, [enrolled.stem for enrolled, _ in pairs]),
         **backends(settings),
         "matchers": args.matchers,

@@ -137,9 +137,10 @@ def _timed_post(url: str, headers: dict[str, str], photo: Path) -> tuple[request
     return r, time.perf_counter() - start
 
 
-def wait_for_compaction(settings: Settings, timeout_s: float = 600.0) -> None:
+def wait_for_compaction(settings: Settings, timeout_s: float = 600.0) -> int:
     """Wait until the delta is below the compaction threshold, i.e. the compactions queued by the
-    enrollments have landed (what is left stays in the delta until more enrollments come)."""
+    enrollments have landed, and return how many templates are left in the delta (they stay
+    there until more enrollments come, and each query scores them apart from the blocks)."""
     engine = make_engine(settings)
     deadline = time.monotonic() + timeout_s
     try:
@@ -147,7 +148,7 @@ def wait_for_compaction(settings: Settings, timeout_s: float = 600.0) -> None:
             with engine.connect() as conn:
                 pending = conn.scalar(select(func.count()).where(Template.state == "delta"))
             if pending < settings.compaction_threshold:
-                return
+                return pending
             time.sleep(1)
     finally:
         engine.dispose()
@@ -189,7 +190,7 @@ def main() -> None:
         codes = [code for code, _ in timed]
         enrolled = [photo for photo, code in zip(gallery, codes, strict=True) if code == 201]
         failures = {str(photo): code for photo, code in zip(gallery, codes, strict=True) if code != 201}
-        wait_for_compaction(settings)
+        delta_templates = wait_for_compaction(settings)
         _, first_identify_s = _timed_post(f"{stack.url}/v1/galleries/bench/identify", headers, queries[0][1])
         latencies, correct, answers = [], 0, []
         for enrolled_photo, probe in tqdm(queries, desc="identify"):
@@ -226,6 +227,7 @@ def main() -> None:
         "queries": len(queries),
         "top1_correct": correct,
         "first_identify_s": round(first_identify_s, 3),
+        "delta_templates": delta_templates,
         **plaintext,
         "identify_p50_s": round(statistics.median(latencies), 3),
         "identify_p95_s": round(percentile(latencies, 0.95), 3),

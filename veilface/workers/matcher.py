@@ -18,10 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from veilface import errors
 from veilface.config import load_settings
 from veilface.crypto.codec import peek_dim
+from veilface.crypto.public import PublicContext
 from veilface.messaging.app import lazy_celery
 from veilface.messaging.messages import (
     TASK_COMPACT,
@@ -169,9 +171,10 @@ def _compaction_lock(engine: Engine, gallery_id: int, model_version: str) -> Ite
     the second overwriting the first's diagonals. The gateway asks for a compaction after
     every enrollment past the threshold, so with several matchers that is common. On MySQL
     a named lock (held by this connection, released if the worker dies) serialises them; a
-    compaction that finds it taken returns at once (the running one, or the next request,
-    folds the rest) instead of keeping this matcher from its searches. SQLite allows one
-    writer at a time and refuses a write from a stale snapshot, so it needs no lock.
+    compaction that finds it taken returns at once instead of keeping this matcher from its
+    searches: the running one folds again what was enrolled meanwhile (:func:`compact`).
+    SQLite allows one writer at a time and refuses a write from a stale snapshot, so it
+    needs no lock.
     """
     if engine.dialect.name not in ("mysql", "mariadb"):
         yield True
@@ -200,7 +203,9 @@ def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> 
 
     A compaction killed halfway leaves every block either folded or untouched (each
     block's write is one transaction, which rolls back as a whole); the next compaction
-    finishes the job. Enrollments are not blocked while a block is folded.
+    finishes the job. Enrollments are not blocked while a block is folded; when they have put
+    the delta past the threshold again by the end of a fold, the same compaction folds again,
+    since the compactions they asked for found the lock taken and returned.
     """
     state = worker()
     sessions = state.runtime.sessions
@@ -209,30 +214,52 @@ def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> 
     except errors.VeilfaceError as exc:
         log.warning("compaction refused: %s", exc.message)
         return error_payload(exc)
-    with _compaction_lock(sessions.kw["bind"], gallery_id, model_version) as acquired:
-        if not acquired:
-            log.info("compaction of gallery %d already running elsewhere; skipped", gallery_id)
-            return {"folded": 0, "skipped": True}
-        folded = 0
+    folded = repacked = 0
+    while True:
+        with _compaction_lock(sessions.kw["bind"], gallery_id, model_version) as acquired:
+            if not acquired:
+                log.info("compaction of gallery %d already running elsewhere; skipped", gallery_id)
+                if not folded:
+                    return {"folded": 0, "skipped": True}
+                break
+            pending = _fold_delta(context, sessions, gallery_id, model_version)
+            if not pending:
+                break
+            folded += pending
+            # A new block can raise the gallery's baby steps: re-lay out a few blocks written
+            # before it (about a second each; single-step blocks of older releases are left to
+            # the CLI).
+            repacked += repack_gallery(
+                context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
+            )[0]
         with session_scope(sessions) as session:
-            pending = repository.delta_index(session, gallery_id, model_version)
-            dims = repository.delta_ciphertexts(session, [pending[0].template_id]) if pending else {}
-        if not pending:
-            return {"folded": 0}
-        dim = peek_dim(next(iter(dims.values())))
-        for block_no in sorted({entry.block_no for entry in pending}):
-            folded += compact_block(context, sessions, gallery_id, model_version, block_no, dim)
-        # A new block can raise the gallery's baby steps: re-lay out a few blocks written before
-        # it (about a second each; single-step blocks of older releases are left to the CLI).
-        repacked, _ = repack_gallery(
-            context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
-        )
-        shard = state.shards.get((gallery_id, model_version, key_set))
-        if shard is not None:  # reload the rewritten blocks it holds now, not in the next search
-            with session_scope(sessions) as session:
-                shard.refresh(session)
-        log.info(
-            "compacted %d templates of gallery %d (%s), %d blocks re-laid out",
-            folded, gallery_id, model_version, repacked,
-        )  # fmt: skip
-        return {"folded": folded, "repacked": repacked}
+            left = len(repository.delta_index(session, gallery_id, model_version))
+        if left < state.runtime.settings.compaction_threshold:
+            break
+    if not folded:
+        return {"folded": 0}
+    shard = state.shards.get((gallery_id, model_version, key_set))
+    if shard is not None:  # reload the rewritten blocks it holds now, not in the next search
+        with session_scope(sessions) as session:
+            shard.refresh(session)
+    log.info(
+        "compacted %d templates of gallery %d (%s), %d blocks re-laid out",
+        folded, gallery_id, model_version, repacked,
+    )  # fmt: skip
+    return {"folded": folded, "repacked": repacked}
+
+
+def _fold_delta(
+    context: PublicContext, sessions: sessionmaker[Session], gallery_id: int, model_version: str
+) -> int:
+    """Fold every delta template of the gallery into its block, block by block; how many."""
+    with session_scope(sessions) as session:
+        pending = repository.delta_index(session, gallery_id, model_version)
+        dims = repository.delta_ciphertexts(session, [pending[0].template_id]) if pending else {}
+    if not pending:
+        return 0
+    dim = peek_dim(next(iter(dims.values())))
+    return sum(
+        compact_block(context, sessions, gallery_id, model_version, block_no, dim)
+        for block_no in sorted({entry.block_no for entry in pending})
+    )
