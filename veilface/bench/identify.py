@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from tqdm import tqdm
 from veilface.bench.stats import percentile
 from veilface.config import Settings, load_settings
 from veilface.face.pipeline import FacePipeline
-from veilface.local.stack import DEFAULT_MATCHERS, Stack
+from veilface.local.stack import DEFAULT_MATCHERS, STOP_SIGNALS, Stack, raise_stop
 from veilface.models.registry import ModelRegistry
 from veilface.store.db import make_engine
 from veilface.store.models import Template
@@ -88,16 +89,21 @@ def gallery_split(
 @contextmanager
 def bench_stack(settings: Settings, bind: str, embedders: int, matchers: int) -> Iterator[tuple[Stack, str]]:
     """The stack started and ready (on the backends ``settings`` name), with a fresh admin API key;
-    stopped on exit."""
+    stopped on exit, also when the bench is stopped by SIGTERM, SIGINT or SIGHUP."""
     key = secrets.token_urlsafe(24)
     stack = Stack(bind=bind, embedders=embedders, matchers=matchers, log_dir=settings.var_dir / "logs")
     stack.env["VEILFACE_BOOTSTRAP_API_KEY"] = key
-    stack.start()
+    handlers = {signum: signal.signal(signum, raise_stop) for signum in STOP_SIGNALS}
     try:
+        stack.start()
         stack.wait_ready()
         yield stack, key
     finally:
+        for signum in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         stack.stop()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def backends(settings: Settings) -> dict[str, str]:

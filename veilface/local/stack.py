@@ -200,7 +200,8 @@ class StopRequested(Exception):
     """A stop signal (SIGTERM, SIGINT or SIGHUP) arrived."""
 
 
-def _raise_stop(signum: int, _frame) -> None:
+def raise_stop(signum: int, _frame) -> None:
+    """Signal handler: raise :class:`StopRequested`, so that every ``finally`` on the way runs."""
     raise StopRequested(signal.Signals(signum).name)
 
 
@@ -219,7 +220,7 @@ def main() -> None:
     # Handlers first, so that a signal during start-up stops what has started so far. A process
     # is recorded as soon as Popen returns, so the ``finally`` below finds every child.
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_stop)
+        signal.signal(signum, raise_stop)
     status = 0
     try:
         stack.start()
