@@ -3,6 +3,8 @@
 Each block goes to the live matcher with the highest hash of ``(worker, gallery, block)``.
 When a matcher joins, only the blocks it now wins move to it; the others keep theirs
 cached, so adding a worker adds throughput without restarting or reloading the rest.
+A gallery held whole by one matcher has the faces of a search dealt over the idle ones
+(:func:`spread_probes`).
 """
 
 from __future__ import annotations
