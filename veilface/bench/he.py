@@ -41,6 +41,8 @@ from veilface.crypto.public import PublicContext, encrypt_probe, encrypt_templat
 from veilface.crypto.secret import SecretContext, generate_keyset
 from veilface.search import ranking, routing
 from veilface.search.compaction import compact_block
+from veilface.search.engine import prepare_probe, score_block
+from veilface.search.layout import baby_steps_for
 from veilface.search.packer import import_block
 from veilface.search.results import ScoreResult
 from veilface.search.shard import Shard
@@ -130,6 +132,31 @@ def time_rotations(ctx: PublicContext, rng: np.random.Generator, repeats: int = 
         ctx.evaluator.relinearize_inplace(rescaled, ctx.relin_keys)
         ctx.rotate(rescaled, 32)
     return baby, (time.perf_counter() - start) / repeats
+
+
+def time_block_layouts(
+    ctx: PublicContext, dim: int, layouts: Iterable[int], rng: np.random.Generator, repeats: int = 3
+) -> dict[int, float]:
+    """Seconds to score one full block of random unit templates laid out with each number of baby
+    steps in ``layouts`` (median of ``repeats``; the probe's rotations are not counted), all in one
+    process: how the block time of the plan compares with the single-step layout (``g = d``) and
+    with the layout of a large gallery."""
+    capacity = ctx.params.block_capacity
+    templates = noisy_templates(identity_centres(capacity, dim, rng), np.arange(capacity), rng)
+    probe = encrypt_probe(ctx, templates[0])
+    seconds = {}
+    for baby_steps in layouts:
+        rows = ctx.layout(dim).diagonals(templates, np.arange(capacity), baby_steps)
+        diagonals = [ctx.encrypt(row, ctx.packed_level) for row in rows]
+        prepared = prepare_probe(ctx, probe, dim, baby_steps)
+        prepared.rotations  # noqa: B018 - computed before the clock starts
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            score_block(ctx, diagonals, baby_steps, prepared)
+            times.append(time.perf_counter() - start)
+        seconds[baby_steps] = statistics.median(times)
+    return seconds
 
 
 def time_naive(templates: np.ndarray, probe: np.ndarray) -> float:
@@ -351,6 +378,8 @@ def run(args: argparse.Namespace) -> dict:
     t_fixed = statistics.median(fixed)
     t_product = time_product(ctx, rng)
     t_baby, t_giant = time_rotations(ctx, rng)
+    large_gallery_steps = baby_steps_for(args.dim, 2**20 // capacity)
+    layouts = time_block_layouts(ctx, args.dim, sorted({args.dim, large_gallery_steps}), rng)
     sample = min(args.naive_sample, total)
     t_naive = time_naive(templates[:sample], queries[0])
     per_core = capacity / t_block
@@ -376,6 +405,9 @@ def run(args: argparse.Namespace) -> dict:
         "baby_steps": baby_steps,
         "baby_step_ms": t_baby * 1e3,
         "giant_step_ms": t_giant * 1e3,
+        "templates_per_s_per_core_single_step": capacity / layouts[args.dim],
+        "baby_steps_2p20": large_gallery_steps,
+        "templates_per_s_per_core_2p20_layout": capacity / layouts[large_gallery_steps],
         "score_ciphertext_bytes": len(results_sample_bytes(shard, ctx, queries[0])),
         "extrapolated_2p20_s": None,  # the cost model, below
         "extrapolated_2p20_cores": cores,
