@@ -215,6 +215,7 @@ def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> 
         log.warning("compaction refused: %s", exc.message)
         return error_payload(exc)
     folded = repacked = 0
+    at_least = 1  # the gateway asked for this one; a later round only past the threshold
     while True:
         with _compaction_lock(sessions.kw["bind"], gallery_id, model_version) as acquired:
             if not acquired:
@@ -222,7 +223,7 @@ def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> 
                 if not folded:
                     return {"folded": 0, "skipped": True}
                 break
-            pending = _fold_delta(context, sessions, gallery_id, model_version)
+            pending = _fold_delta(context, sessions, gallery_id, model_version, at_least)
             if not pending:
                 break
             folded += pending
@@ -232,10 +233,7 @@ def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> 
             repacked += repack_gallery(
                 context, sessions, gallery_id, limit=REPACK_PER_COMPACTION, single_step=False
             )[0]
-        with session_scope(sessions) as session:
-            left = len(repository.delta_index(session, gallery_id, model_version))
-        if left < state.runtime.settings.compaction_threshold:
-            break
+        at_least = state.runtime.settings.compaction_threshold
     if not folded:
         return {"folded": 0}
     shard = state.shards.get((gallery_id, model_version, key_set))
@@ -250,15 +248,20 @@ def compact(gallery_id: int, model_version: str, key_set: str | None = None) -> 
 
 
 def _fold_delta(
-    context: PublicContext, sessions: sessionmaker[Session], gallery_id: int, model_version: str
+    context: PublicContext,
+    sessions: sessionmaker[Session],
+    gallery_id: int,
+    model_version: str,
+    at_least: int,
 ) -> int:
-    """Fold every delta template of the gallery into its block, block by block; how many."""
+    """Fold every delta template of the gallery into its block, block by block, if there are
+    ``at_least`` of them (at least one); how many were folded."""
     with session_scope(sessions) as session:
         pending = repository.delta_index(session, gallery_id, model_version)
-        dims = repository.delta_ciphertexts(session, [pending[0].template_id]) if pending else {}
-    if not pending:
-        return 0
-    dim = peek_dim(next(iter(dims.values())))
+        if len(pending) < max(1, at_least):
+            return 0
+        (first,) = repository.delta_ciphertexts(session, [pending[0].template_id]).values()
+    dim = peek_dim(first)
     return sum(
         compact_block(context, sessions, gallery_id, model_version, block_no, dim)
         for block_no in sorted({entry.block_no for entry in pending})
